@@ -1,0 +1,20 @@
+"""VideoMLA: minute-scale streaming video diffusion with a low-rank latent KV cache."""
+
+from .cache import KVFootprint, StreamingCache
+from .config import MLAConfig, ModelConfig, StreamConfig, preset
+from .model import CausalWanModel
+from .sampler import LatentGeometry, stream_latents
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CausalWanModel",
+    "KVFootprint",
+    "LatentGeometry",
+    "MLAConfig",
+    "ModelConfig",
+    "StreamConfig",
+    "StreamingCache",
+    "preset",
+    "stream_latents",
+]

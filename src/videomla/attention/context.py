@@ -1,0 +1,96 @@
+"""What one forward tells every self-attention layer: token positions, mask, cache slots.
+
+Built once per model forward (:meth:`AttentionContext.for_clip` for a whole clip under the
+block mask, :meth:`AttentionContext.for_stream` for one chunk against the cache) and shared by
+all layers, so RoPE tables and masks are computed once, not 30 times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..cache import StreamingCache
+from ..config import StreamConfig
+from ..rope import Rotary3D
+from ..window import clip_layout
+
+
+@dataclass
+class AttentionContext:
+    query_frame_positions: torch.Tensor  # [Fq] temporal position of each query frame
+    key_frame_positions: torch.Tensor  # [Fk] temporal position of each key frame
+    height: int  # token grid of a frame
+    width: int
+    table_dtype: torch.dtype = torch.float64
+    mask: torch.Tensor | None = None  # [Nq, Nk] bool, clip mode only
+    key_sources: torch.Tensor | None = None  # clip mode: frame each key frame copies (None = identity)
+    stage_slot: int | None = None  # stream mode: first cache slot of the current chunk
+    active_tokens: int | None = None  # stream mode: keys = cache prefix of this many tokens
+    keys_prerotated: bool = False  # stream mode: cached keys may be stored already rotated
+    _tables: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.height * self.width
+
+    @property
+    def streaming(self) -> bool:
+        return self.stage_slot is not None
+
+    @classmethod
+    def for_clip(
+        cls, num_frames: int, height: int, width: int, stream: StreamConfig | None, device: torch.device, **kw
+    ) -> AttentionContext:
+        """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention."""
+        layout = clip_layout(num_frames, stream, device)
+        identity = layout.num_extra == 0
+        mask = None if stream is None else layout.token_mask(height * width)
+        return cls(
+            query_frame_positions=layout.query_positions,
+            key_frame_positions=layout.key_positions,
+            height=height,
+            width=width,
+            mask=mask,
+            key_sources=None if identity else layout.key_sources,
+            **kw,
+        )
+
+    @classmethod
+    def for_stream(
+        cls, cache: StreamingCache, n_frames: int, height: int, width: int, device: torch.device, **kw
+    ) -> AttentionContext:
+        """One chunk of ``n_frames`` attending to itself and the cache's active window."""
+        if height * width != cache.tokens_per_frame:
+            raise ValueError(
+                f"chunk has {height}x{width} = {height * width} tokens per frame; "
+                f"the cache was built for {cache.tokens_per_frame}"
+            )
+        q_pos, k_pos = cache.window.positions(n_frames)
+        return cls(
+            query_frame_positions=q_pos.to(device),
+            key_frame_positions=k_pos.to(device),
+            height=height,
+            width=width,
+            stage_slot=cache.window.stage_slot(),
+            active_tokens=cache.active_tokens(n_frames),
+            keys_prerotated=cache.stream.rope_mode == "absolute",
+            **kw,
+        )
+
+    def tables(self, rotary: Rotary3D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q_cos, q_sin, k_cos, k_sin) for ``rotary``'s pairs, memoised per forward."""
+        key = (rotary.pairs, tuple(f.shape[0] for f in rotary.freqs), id(rotary))
+        if key not in self._tables:
+            q = rotary.cos_sin(self.query_frame_positions, self.height, self.width, self.table_dtype)
+            k = rotary.cos_sin(self.key_frame_positions, self.height, self.width, self.table_dtype)
+            self._tables[key] = (*q, *k)
+        return self._tables[key]
+
+    def gather_keys(self, t: torch.Tensor) -> torch.Tensor:
+        """Clip mode: key-side tokens [B, Fk*T, ...] from per-frame tokens [B, F*T, ...]."""
+        if self.key_sources is None:
+            return t
+        frames = t.unflatten(1, (-1, self.tokens_per_frame))
+        return frames[:, self.key_sources].flatten(1, 2)

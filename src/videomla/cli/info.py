@@ -1,0 +1,101 @@
+"""``videomla info``: config, parameter count and KV-cache memory of a preset or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..cache import KVFootprint
+from ..config import PRESETS, ModelConfig, preset
+from ..model import CausalWanModel
+from .common import DTYPES, add_stream_args, parse_dtype, stream_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="model config, parameter count and KV-cache bytes", description=__doc__)
+    p.add_argument("--preset", default="wan2.1-t2v-1.3b", choices=sorted(PRESETS))
+    p.add_argument("--attention", choices=("dense", "mla"), default="dense")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
+    p.add_argument("--kv-fp8", action="store_true", help="store MLA latents in fp8 e4m3 with per-token scales")
+    p.add_argument("--height", type=int, default=480, help="video height in pixels (default 480)")
+    p.add_argument("--width", type=int, default=832, help="video width in pixels (default 832)")
+    p.add_argument("--vae-stride", type=int, default=8, help="pixels per latent row/column (Wan VAE: 8)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_stream_args(p)
+    p.set_defaults(func=run)
+
+
+def describe(cfg: ModelConfig, args: argparse.Namespace) -> dict:
+    with torch.device("meta"):  # shapes only: no memory even for the 1.3B preset
+        model = CausalWanModel(cfg)
+    if args.kv_fp8:
+        if not cfg.mla_layers:
+            raise ValueError("--kv-fp8 applies to MLA latents; add --attention mla")
+        model.set_kv_dtype(torch.float8_e4m3fn)
+    dtype = parse_dtype(args.dtype)
+    stream = stream_from_args(args)
+    tpf = model.tokens_per_frame(args.height // args.vae_stride, args.width // args.vae_stride)
+    fp = KVFootprint.of(model.cache_specs(dtype), cfg.dim, dtype, stream, tpf)
+    return {
+        "config": cfg.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "stream": {
+            "sink_frames": stream.sink_frames,
+            "window_frames": stream.window_frames,
+            "frames_per_chunk": stream.frames_per_chunk,
+            "attended_frames": stream.attended_frames,
+            "rope_mode": stream.rope_mode,
+        },
+        "kv_cache": {
+            "dtype": args.dtype,
+            "latent_fp8": args.kv_fp8,
+            "numbers_per_token_per_layer": fp.numbers_per_token_per_layer[0],
+            "dense_numbers_per_token_per_layer": 2 * cfg.dim,
+            "bytes_per_token_per_layer": fp.bytes_per_token_per_layer[0],
+            "payload_bytes_per_token_per_layer": fp.payload_bytes_per_token_per_layer[0],
+            "dense_bytes_per_token_per_layer": fp.dense_bytes_per_token_per_layer,
+            "bytes_per_token": fp.bytes_per_token,
+            "tokens_per_frame": tpf,
+            "cached_tokens": fp.cached_tokens,
+            "total_bytes": fp.total_bytes,
+            "dense_total_bytes": fp.dense_total_bytes,
+            "reduction": fp.reduction,
+            "payload_reduction": fp.payload_reduction,
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = preset(args.preset)
+    if args.attention == "mla":
+        cfg = cfg.with_mla()
+    info = describe(cfg, args)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c, kv, st = info["config"], info["kv_cache"], info["stream"]
+    print(f"preset {args.preset}: {args.attention} attention, {info['parameters']:,} parameters")
+    print(f"  dim {c['dim']}, {c['num_heads']} heads x {c['dim'] // c['num_heads']}, {c['num_layers']} layers, ffn {c['ffn_dim']}")
+    if c["mla"]:
+        m = c["mla"]
+        print(
+            f"  MLA in {len(c['mla_layers'])} layers: d_c {m['kv_latent_dim']}, d_q {m['q_latent_dim']}, "
+            f"nope/rope {m['nope_head_dim']}/{m['rope_head_dim']}, RoPE pairs (t,h,w) {tuple(m['rope_pairs'])}"
+        )
+    print(
+        f"  window: {st['sink_frames']} sink + {st['window_frames']} recent cached frames "
+        f"+ {st['frames_per_chunk']}-frame chunk = {st['attended_frames']} attended ({st['rope_mode']} RoPE)"
+    )
+    print(
+        f"  KV cache per token per layer: {kv['numbers_per_token_per_layer']} numbers "
+        f"(dense {kv['dense_numbers_per_token_per_layer']}), {kv['bytes_per_token_per_layer']} bytes at {args.dtype}"
+        + (" with fp8 latents" if kv["latent_fp8"] else "")
+    )
+    print(
+        f"  cache for {kv['cached_tokens']:,} tokens x {c['num_layers']} layers: {kv['total_bytes'] / 2**30:.3f} GiB "
+        f"(dense {kv['dense_total_bytes'] / 2**30:.3f} GiB): {100 * kv['reduction']:.1f}% less"
+        + (f" ({100 * kv['payload_reduction']:.1f}% less counting values only)" if kv["latent_fp8"] else "")
+    )
+    return 0

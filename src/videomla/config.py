@@ -1,0 +1,231 @@
+"""Model, attention and streaming configuration, and the named presets.
+
+Everything that decides a tensor shape lives here, so a checkpoint's JSON config
+(``dataclasses.asdict`` of :class:`ModelConfig`) is enough to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RopeMode = Literal["absolute", "window-relative"]
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Dimensions of a VideoMLA self-attention layer (paper §1.2; defaults = Wan2.1-1.3B)."""
+
+    kv_latent_dim: int = 192  # d_c: the cached content latent
+    q_latent_dim: int = 768  # d_q: the query latent (never cached)
+    nope_head_dim: int = 96  # content channels per head (keys come from c_KV)
+    rope_head_dim: int = 32  # RoPE channels per head (one head-shared key k_R)
+    rope_pairs: tuple[int, int, int] = (6, 5, 5)  # (t, h, w) complex pairs of the RoPE key
+    latent_norm: bool = True  # RMSNorm on c_KV and c_Q (the paper's choice)
+
+    def __post_init__(self) -> None:
+        if 2 * sum(self.rope_pairs) != self.rope_head_dim:
+            raise ValueError(
+                f"rope_pairs {self.rope_pairs} give {2 * sum(self.rope_pairs)} channels, "
+                f"but rope_head_dim is {self.rope_head_dim}"
+            )
+        for name in ("kv_latent_dim", "q_latent_dim", "nope_head_dim", "rope_head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MLA {name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def cached_numbers_per_token(self) -> int:
+        return self.kv_latent_dim + self.rope_head_dim
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Wan2.1 text-to-video DiT. ``mla_layers`` lists the blocks whose self-attention is MLA."""
+
+    dim: int = 1536
+    num_heads: int = 12
+    num_layers: int = 30
+    ffn_dim: int = 8960
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    mla: MLAConfig | None = None
+    mla_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+        bad = [i for i in self.mla_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"mla_layers {bad} outside 0..{self.num_layers - 1}")
+        if self.mla_layers and self.mla is None:
+            raise ValueError("mla_layers given without an MLAConfig")
+        if self.mla is not None:
+            need = self.mla.nope_head_dim + self.mla.rope_head_dim
+            if need != self.head_dim:
+                raise ValueError(
+                    f"MLA nope {self.mla.nope_head_dim} + rope {self.mla.rope_head_dim} = {need} "
+                    f"must equal the head dim {self.head_dim}"
+                )
+            t, h, w = rope_axis_dims(self.head_dim)
+            for axis, pairs, avail in zip("thw", self.mla.rope_pairs, (t // 2, h // 2, w // 2)):
+                if pairs > avail:
+                    raise ValueError(f"MLA asks {pairs} RoPE pairs on axis {axis}; Wan has {avail}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def is_mla(self, layer: int) -> bool:
+        return layer in self.mla_layers
+
+    def with_mla(self, mla: MLAConfig | None = None, layers: tuple[int, ...] | None = None) -> ModelConfig:
+        """The same model with MLA self-attention in ``layers`` (default: every layer)."""
+        mla = mla or default_mla_for(self)
+        layers = tuple(range(self.num_layers)) if layers is None else tuple(sorted(set(layers)))
+        return dataclasses.replace(self, mla=mla, mla_layers=layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {unknown}")
+        data = dict(data)
+        if data.get("mla") is not None:
+            mla = dict(data["mla"])
+            mla["rope_pairs"] = tuple(mla.get("rope_pairs", (6, 5, 5)))
+            data["mla"] = MLAConfig(**mla)
+        for key in ("patch_size", "mla_layers"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Wan's split of a head's channels over (t, h, w): 128 -> (44, 42, 42)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def default_mla_for(cfg: ModelConfig) -> MLAConfig:
+    """Paper defaults at Wan width; scaled by width/1536 (and head_dim/128) for smaller models."""
+    if cfg.dim == 1536 and cfg.head_dim == 128:
+        return MLAConfig()
+    rope = max(2 * 3, (cfg.head_dim // 4) // 2 * 2)
+    t, h, w = rope_axis_dims(cfg.head_dim)
+    pairs = _split_pairs(rope // 2, (t // 2, h // 2, w // 2))
+    return MLAConfig(
+        kv_latent_dim=max(8, cfg.dim // 8),
+        q_latent_dim=max(8, cfg.dim // 2),
+        nope_head_dim=cfg.head_dim - rope,
+        rope_head_dim=rope,
+        rope_pairs=pairs,
+    )
+
+
+def _split_pairs(total: int, available: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Share ``total`` RoPE pairs over (t, h, w) the way (6, 5, 5) shares 16: t first."""
+    base, extra = divmod(total, 3)
+    pairs = [base + (1 if i < extra else 0) for i in range(3)]
+    if any(p > a for p, a in zip(pairs, available)):
+        raise ValueError(f"cannot place {total} RoPE pairs in axes holding {available}")
+    return tuple(pairs)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Chunking, attention window and RoPE positions of chunk-causal streaming.
+
+    ``sink_frames``: the first latent frames of the video, kept forever.
+    ``window_frames``: the most recent *cached* non-sink frames a chunk attends to. The current
+    chunk is not counted (it always attends to itself). ``None`` keeps every frame (Self-Forcing's
+    global attention; memory then grows, so the cache refuses it: use a finite window to stream).
+
+    The paper's "1 sink + 6 recent" is ``StreamConfig(sink_frames=1, window_frames=6)``. Peers'
+    ``local_attn_size`` counts sink, window and current chunk together: see
+    :meth:`from_local_attn_size` (VideoMLA's released ``la6_sink1`` is 1 sink + 2 cached + 3 current).
+    """
+
+    frames_per_chunk: int = 3
+    sink_frames: int = 1
+    window_frames: int | None = 6
+    rope_mode: RopeMode = "window-relative"
+
+    def __post_init__(self) -> None:
+        if self.frames_per_chunk < 1:
+            raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
+        if self.sink_frames < 0:
+            raise ValueError(f"sink_frames must be >= 0, got {self.sink_frames}")
+        if self.window_frames is not None and self.window_frames < 0:
+            raise ValueError(f"window_frames must be >= 0 (or None for unbounded), got {self.window_frames}")
+        if self.rope_mode not in ("absolute", "window-relative"):
+            raise ValueError(f"rope_mode must be 'absolute' or 'window-relative', got {self.rope_mode!r}")
+
+    @classmethod
+    def from_local_attn_size(
+        cls, local_attn_size: int, sink_frames: int = 0, frames_per_chunk: int = 3, **kw: Any
+    ) -> StreamConfig:
+        """Peers' convention: ``local_attn_size`` = sink + cached recent + current chunk frames."""
+        window = local_attn_size - sink_frames - frames_per_chunk
+        if window < 0:
+            raise ValueError(
+                f"local_attn_size {local_attn_size} cannot hold {sink_frames} sink frames "
+                f"plus a {frames_per_chunk}-frame chunk"
+            )
+        return cls(frames_per_chunk=frames_per_chunk, sink_frames=sink_frames, window_frames=window, **kw)
+
+    @property
+    def cached_frames(self) -> int:
+        """Frames the cache holds at most (sink + window)."""
+        if self.window_frames is None:
+            raise ValueError("an unbounded window has no fixed cache size")
+        return self.sink_frames + self.window_frames
+
+    @property
+    def attended_frames(self) -> int:
+        """Peers' ``local_attn_size``: frames one chunk attends to, itself included."""
+        return self.cached_frames + self.frames_per_chunk
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "wan2.1-t2v-1.3b": ModelConfig(),
+    "tiny": ModelConfig(
+        dim=64,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=128,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=32,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+__all__ = [
+    "MLAConfig",
+    "ModelConfig",
+    "StreamConfig",
+    "PRESETS",
+    "preset",
+    "rope_axis_dims",
+    "default_mla_for",
+]

@@ -1,0 +1,228 @@
+"""The causal Wan2.1 text-to-video DiT, readable top to bottom.
+
+Parameter names are those of the original Wan2.1 checkpoints (``patch_embedding``,
+``text_embedding.0``, ``blocks.N.self_attn.q``, ``blocks.N.norm3`` ...), so Wan2.1 and
+Self-Forcing weights load without renaming. Each block's self-attention is either dense or
+VideoMLA (``ModelConfig.mla_layers``).
+
+Two forwards share every module:
+
+* :meth:`CausalWanModel.forward` runs a whole clip, bidirectional (``stream=None``, Wan2.1 as
+  released) or chunk-causal with the sink + sliding-window block mask (training);
+* :meth:`CausalWanModel.forward_chunk` runs one chunk against a :class:`StreamingCache`
+  (inference); ``write=True`` commits the chunk to the cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .attention import AttentionContext, DenseSelfAttention, MLASelfAttention
+from .attention.common import RMSNorm, attend
+from .cache import CacheSpec, StreamingCache
+from .config import ModelConfig, StreamConfig
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[cos, sin] timestep features computed in float64, as Wan / Self-Forcing do."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64).flatten(), freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to the text tokens (no RoPE, q/k RMSNorm over the width)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)
+        k = self.norm_k(self.k(text)).unflatten(-1, heads)
+        v = self.v(text).unflatten(-1, heads)
+        out = attend(q, k, v, 1.0 / math.sqrt(q.shape[-1]))
+        return self.o(out.flatten(2))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN on tokens grouped per frame: x [B, F, T, C], shift/scale [B, F, C]."""
+    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+
+
+class WanBlock(nn.Module):
+    """Self-attention, cross-attention and FFN with 6-way timestep modulation."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        if cfg.is_mla(layer):
+            assert cfg.mla is not None
+            self.self_attn: nn.Module = MLASelfAttention(dim, cfg.num_heads, cfg.mla, cfg.eps, cfg.rope_theta)
+        else:
+            self.self_attn = DenseSelfAttention(dim, cfg.num_heads, cfg.eps, cfg.rope_theta)
+        self.norm3 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x, e, text, ctx, cache=None):  # noqa: ANN001 (types in CausalWanModel)
+        """x [B, F, T, C]; e [B, F, 6, C]; text [B, L, C]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[:, None] + e).unbind(2)
+        y = self.self_attn(modulate(self.norm1(x), shift1, scale1).flatten(1, 2), ctx, cache)
+        x = x + y.view_as(x) * gate1[:, :, None]
+        x = x + self.cross_attn(self.norm3(x).flatten(1, 2), text).view_as(x)
+        y = self.ffn(modulate(self.norm2(x), shift2, scale2))
+        return x + y * gate2[:, :, None]
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation[:, None] + temb[:, :, None]).unbind(2)
+        return self.head(modulate(self.norm(x), shift, scale))
+
+
+class CausalWanModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        dim = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(WanBlock(cfg, i) for i in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    # -- pieces shared by both forwards ---------------------------------------------------------
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Text-encoder features [B, L, text_dim] -> model width; compute once per prompt."""
+        return self.text_embedding(context)
+
+    def _embed_time(self, timestep: torch.Tensor, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps [B] or [B, F] -> (temb [B, F, C], block modulation input [B, F, 6, C])."""
+        t = timestep.reshape(batch, -1).expand(batch, frames) if timestep.numel() in (1, batch) else timestep
+        if t.shape != (batch, frames):
+            raise ValueError(f"timestep must be [B] or [B, F] = [{batch}, {frames}], got {tuple(timestep.shape)}")
+        dtype = self.time_embedding[0].weight.dtype
+        temb = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).to(dtype))
+        temb = temb.view(batch, frames, -1)
+        return temb, self.time_projection(temb).unflatten(-1, (6, -1))
+
+    def _run(self, x, timestep, text, ctx, cache: StreamingCache | None) -> torch.Tensor:  # noqa: ANN001
+        b, _, f, h, w = x.shape
+        tokens = self.patch_embedding(x)  # [B, C, F', H', W']
+        fp, hp, wp = tokens.shape[2:]
+        tokens = tokens.flatten(3).transpose(1, 2).transpose(2, 3)  # [B, F', T, C]
+        temb, e = self._embed_time(timestep, b, fp)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, e, text, ctx, None if cache is None else cache.layers[i])
+        out = self.head(tokens, temb)  # [B, F', T, c * prod(patch)]
+        return self.unpatchify(out, (fp, hp, wp))
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        pt, ph, pw = self.config.patch_size
+        b = out.shape[0]
+        out = out.reshape(b, *grid, pt, ph, pw, -1)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # B, C, F', pt, H', ph, W', pw
+        return out.reshape(b, out.shape[1], grid[0] * pt, grid[1] * ph, grid[2] * pw)
+
+    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.config.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"latent size {frames}x{height}x{width} is not divisible by patch {self.config.patch_size}")
+        return frames // pt, height // ph, width // pw
+
+    # -- public forwards ---------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        stream: StreamConfig | None = None,
+    ) -> torch.Tensor:
+        """Velocity for a whole clip x [B, C, F, H, W].
+
+        ``stream=None``: full bidirectional attention (Wan2.1 as released). Otherwise the
+        chunk-causal sink + sliding-window block mask of ``stream``, exactly what streaming
+        with a cache computes chunk by chunk.
+        """
+        f, h, w = self.token_grid(*x.shape[2:])
+        ctx = AttentionContext.for_clip(f, h, w, stream, x.device)
+        return self._run(x, timestep, self.embed_text(context), ctx, None)
+
+    def forward_chunk(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        cache: StreamingCache,
+        write: bool = False,
+    ) -> torch.Tensor:
+        """Velocity for the next chunk x [B, C, n, H, W] given the cache; ``text`` from :meth:`embed_text`.
+
+        The chunk attends to itself and the cache's window. ``write=True`` (the clean pass at
+        t = 0 after denoising) commits the chunk's keys to the cache and advances it.
+        """
+        f, h, w = self.token_grid(*x.shape[2:])
+        ctx = AttentionContext.for_stream(cache, f, h, w, x.device)
+        out = self._run(x, timestep, text, ctx, cache)
+        if write:
+            cache.commit(f)
+        return out
+
+    def new_cache(
+        self,
+        stream: StreamConfig,
+        batch: int,
+        latent_height: int,
+        latent_width: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> StreamingCache:
+        """A preallocated cache for ``batch`` streams of latents of the given spatial size."""
+        param = next(self.parameters())
+        specs = self.cache_specs(dtype or param.dtype)
+        return StreamingCache(stream, specs, batch, self.tokens_per_frame(latent_height, latent_width), device or param.device)
+
+    def cache_specs(self, dtype: torch.dtype) -> list[CacheSpec]:
+        """What each layer caches per token (its attention kind decides)."""
+        return [block.self_attn.cache_spec(dtype) for block in self.blocks]
+
+    def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
+        _, h, w = self.token_grid(self.config.patch_size[0], latent_height, latent_width)
+        return h * w
+
+    def set_mla_path(self, path: str) -> None:
+        """'auto' | 'materialised' | 'absorbed' for every MLA layer."""
+        for attn in self.mla_layers():
+            attn.path = path
+
+    def set_kv_dtype(self, dtype: torch.dtype | None) -> None:
+        """Storage dtype of MLA latents in new caches (``torch.float8_e4m3fn`` for fp8)."""
+        for attn in self.mla_layers():
+            attn.kv_dtype = dtype
+
+    def mla_layers(self) -> list[MLASelfAttention]:
+        return [b.self_attn for b in self.blocks if isinstance(b.self_attn, MLASelfAttention)]

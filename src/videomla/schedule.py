@@ -1,0 +1,51 @@
+"""The rectified-flow schedule of Wan / Self-Forcing: shift 5.0 over 1000 training timesteps.
+
+x_t = (1 - sigma) x0 + sigma * eps, the model predicts the velocity eps - x0, and
+sigma = t / 1000. A few-step list like [1000, 750, 500, 250] is warped through the shift, so
+the timesteps actually used are [1000, 937.5, 833.3, 625].
+"""
+
+from __future__ import annotations
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+DEFAULT_SHIFT = 5.0
+FOUR_STEPS = (1000, 750, 500, 250)
+
+
+def shift_sigma(s: torch.Tensor | float, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """sigma' = shift * s / (1 + (shift - 1) * s)."""
+    s = torch.as_tensor(s, dtype=torch.float64)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def warp_steps(steps: tuple[int, ...] = FOUR_STEPS, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """Model timesteps (float64, in [0, 1000]) for a denoising list, as Self-Forcing warps it."""
+    for s in steps:
+        if not 0 < s <= NUM_TRAIN_TIMESTEPS:
+            raise ValueError(f"denoising steps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {s}")
+    s = torch.tensor(steps, dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
+    return shift_sigma(s, shift) * NUM_TRAIN_TIMESTEPS
+
+
+def sigma_of(t: torch.Tensor | float) -> torch.Tensor:
+    return torch.as_tensor(t, dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device)
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def to_x0(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device)
+    return x_t - sigma * velocity
+
+
+def sample_training_timesteps(
+    shape: tuple[int, ...], shift: float = DEFAULT_SHIFT, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Uniform s in (0, 1], shifted: the teacher-forcing timestep distribution (float64, x1000)."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return shift_sigma(1 - u * (1 - 1 / NUM_TRAIN_TIMESTEPS), shift) * NUM_TRAIN_TIMESTEPS
