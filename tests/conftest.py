@@ -1,0 +1,41 @@
+"""Shared test helpers: fresh random seeds each run (printed on failure), tiny models."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+from videomla.config import ModelConfig, preset
+from videomla.model import CausalWanModel
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """A fresh seed per test (override with VIDEOMLA_TEST_SEED); shown in the failure report."""
+    value = int(os.environ.get("VIDEOMLA_TEST_SEED", random.randrange(2**31)))
+    torch.manual_seed(value)
+    request.node.user_properties.append(("seed", value))
+    return value
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def tiny_model(cfg: ModelConfig | None = None, dtype: torch.dtype = torch.float32) -> CausalWanModel:
+    model = CausalWanModel(cfg or preset("tiny")).to(dtype).eval()
+    with torch.no_grad():  # make adaLN and gains non-trivial so tests exercise them
+        for name, p in model.named_parameters():
+            if "modulation" in name or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+    if call.excinfo is not None:
+        for key, value in item.user_properties:
+            if key == "seed":
+                item.add_report_section(call.when, "seed", f"VIDEOMLA_TEST_SEED={value}")
