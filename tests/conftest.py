@@ -34,6 +34,7 @@ def tiny_model(cfg: ModelConfig | None = None, dtype: torch.dtype = torch.float3
     return model
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
     if call.excinfo is not None:
         for key, value in item.user_properties:
