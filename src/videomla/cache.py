@@ -134,7 +134,9 @@ class KVFootprint:
         batch: int = 1,
     ) -> KVFootprint:
         return cls(
-            numbers_per_token_per_layer=[sum(s.numbers_per_token for s in spec.values() if not s.overhead) for spec in specs],
+            numbers_per_token_per_layer=[
+                sum(s.numbers_per_token for s in spec.values() if not s.overhead) for spec in specs
+            ],
             payload_bytes_per_token_per_layer=[
                 sum(s.bytes_per_token for s in spec.values() if not s.overhead) for spec in specs
             ],

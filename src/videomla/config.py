@@ -221,11 +221,11 @@ def preset(name: str) -> ModelConfig:
 
 
 __all__ = [
+    "PRESETS",
     "MLAConfig",
     "ModelConfig",
     "StreamConfig",
-    "PRESETS",
+    "default_mla_for",
     "preset",
     "rope_axis_dims",
-    "default_mla_for",
 ]

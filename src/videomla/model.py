@@ -79,7 +79,7 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x, e, text, ctx, cache=None):  # noqa: ANN001 (types in CausalWanModel)
+    def forward(self, x, e, text, ctx, cache=None):
         """x [B, F, T, C]; e [B, F, 6, C]; text [B, L, C]."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[:, None] + e).unbind(2)
         y = self.self_attn(modulate(self.norm1(x), shift1, scale1).flatten(1, 2), ctx, cache)
@@ -130,8 +130,8 @@ class CausalWanModel(nn.Module):
         temb = temb.view(batch, frames, -1)
         return temb, self.time_projection(temb).unflatten(-1, (6, -1))
 
-    def _run(self, x, timestep, text, ctx, cache: StreamingCache | None) -> torch.Tensor:  # noqa: ANN001
-        b, _, f, h, w = x.shape
+    def _run(self, x, timestep, text, ctx, cache: StreamingCache | None) -> torch.Tensor:
+        b = x.shape[0]
         tokens = self.patch_embedding(x)  # [B, C, F', H', W']
         fp, hp, wp = tokens.shape[2:]
         tokens = tokens.flatten(3).transpose(1, 2).transpose(2, 3)  # [B, F', T, C]
@@ -151,7 +151,9 @@ class CausalWanModel(nn.Module):
     def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         pt, ph, pw = self.config.patch_size
         if frames % pt or height % ph or width % pw:
-            raise ValueError(f"latent size {frames}x{height}x{width} is not divisible by patch {self.config.patch_size}")
+            raise ValueError(
+                f"latent size {frames}x{height}x{width} is not divisible by patch {self.config.patch_size}"
+            )
         return frames // pt, height // ph, width // pw
 
     # -- public forwards ---------------------------------------------------------------------------
@@ -204,7 +206,9 @@ class CausalWanModel(nn.Module):
         """A preallocated cache for ``batch`` streams of latents of the given spatial size."""
         param = next(self.parameters())
         specs = self.cache_specs(dtype or param.dtype)
-        return StreamingCache(stream, specs, batch, self.tokens_per_frame(latent_height, latent_width), device or param.device)
+        return StreamingCache(
+            stream, specs, batch, self.tokens_per_frame(latent_height, latent_width), device or param.device
+        )
 
     def cache_specs(self, dtype: torch.dtype) -> list[CacheSpec]:
         """What each layer caches per token (its attention kind decides)."""

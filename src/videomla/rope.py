@@ -26,8 +26,7 @@ class Rotary3D:
         if any(p > a for p, a in zip(self.pairs, available)):
             raise ValueError(f"RoPE pairs {self.pairs} exceed the {available} pairs of head dim {head_dim}")
         self.freqs = [
-            1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64)[:p] / d)
-            for d, p in zip(axis_dims, self.pairs)
+            1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64)[:p] / d) for d, p in zip(axis_dims, self.pairs)
         ]
 
     @property

@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     c, kv, st = info["config"], info["kv_cache"], info["stream"]
     print(f"preset {args.preset}: {args.attention} attention, {info['parameters']:,} parameters")
-    print(f"  dim {c['dim']}, {c['num_heads']} heads x {c['dim'] // c['num_heads']}, {c['num_layers']} layers, ffn {c['ffn_dim']}")
+    print(
+        f"  dim {c['dim']}, {c['num_heads']} heads x {c['dim'] // c['num_heads']}, "
+        f"{c['num_layers']} layers, ffn {c['ffn_dim']}"
+    )
     if c["mla"]:
         m = c["mla"]
         print(

@@ -1,0 +1,80 @@
+"""The few-step streaming sampler: Self-Forcing's schedule and loop, as a constant-memory generator."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import rel_err, tiny_model
+
+from videomla.config import StreamConfig, preset
+from videomla.sampler import LatentGeometry, stream_latents
+from videomla.schedule import add_noise, sample_training_timesteps, sigma_of, to_x0, warp_steps
+
+
+def test_warped_four_step_list():
+    assert warp_steps().tolist() == pytest.approx([1000.0, 937.5, 2500 / 3, 625.0])
+    with pytest.raises(ValueError, match="denoising steps"):
+        warp_steps((1000, 0))
+
+
+def test_x0_round_trip(seed):
+    x0, noise = torch.randn(3, 4), torch.randn(3, 4)
+    sigma = sigma_of(833.3)
+    x_t = add_noise(x0, noise, sigma)
+    assert rel_err(to_x0(x_t, noise - x0, sigma), x0) < 1e-6  # velocity target is eps - x0
+
+
+def test_training_timesteps_are_shifted(seed):
+    t = sample_training_timesteps((20000,))
+    assert 0 < t.min() and t.max() <= 1000
+    # shift 5 pushes mass to high noise: the median maps s=0.5 to 833.3
+    assert t.median().item() == pytest.approx(1000 * 2.5 / 3, rel=0.03)
+
+
+def plain_loop(model, text, geometry, stream, num_chunks, generator):
+    """The sampler written out as one loop: the reference the generator must equal."""
+    cache = model.new_cache(stream, 1, geometry.height, geometry.width)
+    ts = warp_steps()
+    shape = (1, geometry.channels, stream.frames_per_chunk, geometry.height, geometry.width)
+    out = []
+    with torch.no_grad():
+        for _ in range(num_chunks):
+            x = torch.randn(shape, generator=generator)
+            for i, t in enumerate(ts):
+                v = model.forward_chunk(x, torch.full((1,), float(t)), text, cache)
+                x0 = x - (t / 1000) * v
+                if i + 1 < len(ts):
+                    s = ts[i + 1] / 1000
+                    x = (1 - s) * x0 + s * torch.randn(shape, generator=generator)
+            model.forward_chunk(x0, torch.zeros(1), text, cache, write=True)
+            out.append(x0)
+    return torch.cat(out, dim=2)
+
+
+def test_generator_equals_plain_loop(seed):
+    model = tiny_model(preset("tiny").with_mla(layers=(0,)))
+    geometry = LatentGeometry(4, 4, 6)
+    stream = StreamConfig(sink_frames=1, window_frames=3)
+    text = model.embed_text(torch.randn(1, 5, 32))
+    chunks = stream_latents(model, text, geometry, stream, num_chunks=5, generator=torch.Generator().manual_seed(seed))
+    streamed = torch.cat(list(chunks), dim=2)
+    reference = plain_loop(model, text, geometry, stream, 5, torch.Generator().manual_seed(seed))
+    assert streamed.shape == (1, 4, 15, 4, 6)
+    assert rel_err(streamed, reference) < 1e-6
+
+
+def test_unbounded_stream_and_prompt_function(seed):
+    """num_chunks=None never stops; a text function is asked once per chunk, in order."""
+    model = tiny_model()
+    texts = [model.embed_text(torch.randn(1, 5, 32)) for _ in range(2)]
+    asked = []
+
+    def text_for(chunk: int) -> torch.Tensor:
+        asked.append(chunk)
+        return texts[chunk >= 3]
+
+    gen = stream_latents(model, text_for, LatentGeometry(4, 4, 6), StreamConfig(sink_frames=0, window_frames=3))
+    first = list(itertools.islice(gen, 7))
+    assert len(first) == 7 and asked == list(range(7))
