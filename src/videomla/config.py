@@ -210,6 +210,18 @@ PRESETS: dict[str, ModelConfig] = {
         text_dim=32,
         freq_dim=32,
     ),
+    # The procedural-world models of docs/reproduction.md: 64x64 RGB through the 4x4 pixel codec
+    # (48 channels at 16x16), 64 tokens per latent frame, ~6 M parameters.
+    "world": ModelConfig(
+        dim=256,
+        num_heads=4,
+        num_layers=6,
+        ffn_dim=1024,
+        in_channels=48,
+        out_channels=48,
+        text_dim=64,
+        freq_dim=64,
+    ),
 }
 
 
