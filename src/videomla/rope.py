@@ -25,8 +25,10 @@ class Rotary3D:
         self.pairs = available if pairs is None else tuple(pairs)
         if any(p > a for p, a in zip(self.pairs, available)):
             raise ValueError(f"RoPE pairs {self.pairs} exceed the {available} pairs of head dim {head_dim}")
+        # Always real CPU tensors: a model built on the meta device (checkpoint loading) still has usable RoPE.
         self.freqs = [
-            1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64)[:p] / d) for d, p in zip(axis_dims, self.pairs)
+            1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu")[:p] / d)
+            for d, p in zip(axis_dims, self.pairs)
         ]
 
     @property

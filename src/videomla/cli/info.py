@@ -15,8 +15,23 @@ from .common import DTYPES, add_stream_args, parse_dtype, stream_from_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="model config, parameter count and KV-cache bytes", description=__doc__)
-    p.add_argument("--preset", default="wan2.1-t2v-1.3b", choices=sorted(PRESETS))
-    p.add_argument("--attention", choices=("dense", "mla"), default="dense")
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="describe this checkpoint (any format videomla reads) instead of a preset; validates its tensors",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="architecture (default wan2.1-t2v-1.3b); with --checkpoint, used only if the checkpoint carries no config",
+    )
+    p.add_argument("--attention", choices=("dense", "mla"), help="self-attention of the preset (default dense)")
+    p.add_argument(
+        "--which",
+        choices=("auto", "ema", "generator"),
+        default="auto",
+        help="Self-Forcing .pt: generator_ema or generator weights (auto: EMA when present)",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
     p.add_argument("--kv-fp8", action="store_true", help="store MLA latents in fp8 e4m3 with per-token scales")
     p.add_argument("--height", type=int, default=480, help="video height in pixels (default 480)")
@@ -67,16 +82,44 @@ def describe(cfg: ModelConfig, args: argparse.Namespace) -> dict:
     }
 
 
+def from_checkpoint(args: argparse.Namespace) -> tuple[ModelConfig, dict]:
+    """The checkpoint's config (validated against its tensors) and what to report about it."""
+    from ..checkpoint import check_state_dict, read_checkpoint, resolve_config
+
+    if args.attention is not None:
+        raise ValueError("--attention describes a preset; a checkpoint's keys say which layers are MLA")
+    state, stored, metadata = read_checkpoint(args.checkpoint, args.which)
+    cfg, source = resolve_config(state, stored, preset=args.preset)
+    check_state_dict(state, cfg, source, args.checkpoint)
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
+    return cfg, {"path": str(args.checkpoint), "config_source": source, "dtypes": dtypes, "metadata": metadata}
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = preset(args.preset)
-    if args.attention == "mla":
-        cfg = cfg.with_mla()
+    if args.checkpoint:
+        cfg, checkpoint = from_checkpoint(args)
+        meta = checkpoint["metadata"]
+        kind = " ".join(str(meta[k]) for k in ("format", "state") if k in meta)
+        title = f"checkpoint {args.checkpoint} ({kind}, {', '.join(checkpoint['dtypes'])})"
+        layers = cfg.mla_layers
+        attention = f"MLA in {len(layers)}/{cfg.num_layers} layers" if layers else "dense attention"
+    else:
+        name = args.preset or "wan2.1-t2v-1.3b"
+        cfg, checkpoint, title = preset(name), None, f"preset {name}"
+        attention = f"{args.attention or 'dense'} attention"
+        if args.attention == "mla":
+            cfg = cfg.with_mla()
     info = describe(cfg, args)
+    if checkpoint is not None:
+        info["checkpoint"] = checkpoint
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     c, kv, st = info["config"], info["kv_cache"], info["stream"]
-    print(f"preset {args.preset}: {args.attention} attention, {info['parameters']:,} parameters")
+    print(f"{title}: {attention}, {info['parameters']:,} parameters")
+    if checkpoint is not None:
+        extra = sorted(k for k in checkpoint["metadata"] if k not in ("format", "format_version", "state"))
+        print(f"  config: {checkpoint['config_source']}" + (f"; metadata: {', '.join(extra)}" if extra else ""))
     print(
         f"  dim {c['dim']}, {c['num_heads']} heads x {c['dim'] // c['num_heads']}, "
         f"{c['num_layers']} layers, ffn {c['ffn_dim']}"
