@@ -3,18 +3,22 @@
 from .cache import KVFootprint, StreamingCache
 from .config import MLAConfig, ModelConfig, StreamConfig, preset
 from .model import CausalWanModel
+from .pipeline import GenerationSpec, Pipeline, generate
 from .sampler import LatentGeometry, stream_latents
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CausalWanModel",
+    "GenerationSpec",
     "KVFootprint",
     "LatentGeometry",
     "MLAConfig",
     "ModelConfig",
+    "Pipeline",
     "StreamConfig",
     "StreamingCache",
+    "generate",
     "preset",
     "stream_latents",
 ]

@@ -95,6 +95,19 @@ class StreamingCache:
     def active_tokens(self, n_current: int) -> int:
         return (self.window.n_valid + n_current) * self.tokens_per_frame
 
+    def reset(self) -> None:
+        """Forget every cached frame but keep the buffers: rebuilding (KV-recache) allocates nothing."""
+        self.window = FrameWindow(self.stream)
+
+    def skip_to(self, frame: int) -> None:
+        """Make ``frame`` the next frame to stage; frames skipped are treated as never cached.
+
+        Re-caching replays the cached frames at their own indices (absolute RoPE needs them).
+        """
+        if frame < self.window.next_frame:
+            raise ValueError(f"cannot go back to frame {frame}: frame {self.window.next_frame} is next")
+        self.window.next_frame = frame
+
     def commit(self, n_current: int) -> None:
         for move in self.window.commit(n_current):
             for layer in self.layers:

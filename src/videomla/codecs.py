@@ -2,13 +2,15 @@
 
 :class:`PixelCodec` is an exact, weight-free space-to-depth codec used by the small models we
 train on the procedural world: every latent is a block of pixels, so decoding can never be the
-source of an artefact and the evaluator judges the DiT alone. The Wan2.1 VAE (real scale) plugs
-in through the same interface.
+source of an artefact and the evaluator judges the DiT alone. The Wan2.1 VAE (real scale,
+:class:`WanVAECodec`) plugs in through the same interface and decodes chunk by chunk with its
+causal feature cache, so a minute of video never has to be decoded, or held, at once.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from einops import rearrange
@@ -57,3 +59,93 @@ class PixelCodec:
 
     def frames_for(self, latent_frames: int) -> int:
         return latent_frames
+
+
+# Files a diffusers AutoencoderKLWan folder holds (what ``save_pretrained`` writes).
+WAN_VAE_FILES = "config.json + diffusion_pytorch_model.safetensors"
+
+
+class WanVAECodec:
+    """The Wan2.1 VAE (diffusers ``AutoencoderKLWan``): 8x spatial, 4x temporal compression.
+
+    The DiT works on normalised latents ``(mu - latents_mean) / latents_std``; this codec owns
+    that normalisation. The first latent frame decodes to one video frame, every later one to
+    ``temporal_stride`` frames (Wan's causal 1 + 4k layout).
+    """
+
+    def __init__(self, vae: Any):
+        if vae.config.patch_size is not None or vae.config.is_residual:
+            raise ValueError("only the Wan2.1 VAE is supported (this is a Wan2.2-style VAE with patching/residuals)")
+        self.vae = vae.eval()
+        self.latent_channels = int(vae.config.z_dim)
+        # From the architecture, not the config's scale_factor_* fields (they are not derived from it).
+        self.spatial_stride = 2 ** (len(vae.config.dim_mult) - 1)
+        self.temporal_stride = 2 ** sum(bool(t) for t in vae.config.temperal_downsample)
+        param = next(vae.parameters())
+        shape = (1, self.latent_channels, 1, 1, 1)
+        self.mean = torch.tensor(vae.config.latents_mean, dtype=param.dtype, device=param.device).view(shape)
+        self.std = torch.tensor(vae.config.latents_std, dtype=param.dtype, device=param.device).view(shape)
+
+    @classmethod
+    def from_folder(
+        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> WanVAECodec:
+        """Load a local diffusers VAE folder (or a Wan2.1 diffusers root holding ``vae/``); never downloads."""
+        folder = Path(path)
+        if (folder / "vae" / "config.json").is_file():
+            folder = folder / "vae"
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no Wan VAE at {path}: expected a diffusers AutoencoderKLWan folder ({WAN_VAE_FILES}), "
+                f"e.g. Wan2.1-T2V-1.3B-Diffusers/vae"
+            )
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        return cls(vae.to(device))
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mu = self.vae.encode(video.to(self.mean.dtype)).latent_dist.mode()
+        return (mu - self.mean) / self.std
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """DiT latents -> the VAE's own latent scale (what ``AutoencoderKLWan.decode`` takes)."""
+        return latents.to(self.mean.dtype) * self.std + self.mean
+
+    def stream_decoder(self) -> WanStreamDecoder:
+        return WanStreamDecoder(self)
+
+    def frames_for(self, latent_frames: int) -> int:
+        return 0 if latent_frames == 0 else 1 + self.temporal_stride * (latent_frames - 1)
+
+
+class WanStreamDecoder:
+    """Decodes latent chunks in order, carrying the decoder's causal conv cache between them.
+
+    ``AutoencoderKLWan._decode`` loops over latent frames with a per-conv feature cache (the last
+    two input frames of every causal conv) and clears it at the end; this keeps one such cache
+    alive for the whole stream instead, so chunk-by-chunk decoding equals one full decode while
+    memory stays that of one latent frame.
+    """
+
+    def __init__(self, codec: WanVAECodec):
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        self.codec = codec
+        decoder = codec.vae.decoder
+        self.feat_cache: list[torch.Tensor | None] = [None] * sum(
+            isinstance(m, WanCausalConv3d) for m in decoder.modules()
+        )
+        self.first = True
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.codec.vae
+        out = []
+        with torch.no_grad():
+            x = vae.post_quant_conv(self.codec.denormalize(latents))  # 1x1x1 conv: no temporal state
+            for i in range(x.shape[2]):
+                frame = x[:, :, i : i + 1]
+                out.append(vae.decoder(frame, feat_cache=self.feat_cache, feat_idx=[0], first_chunk=self.first))
+                self.first = False
+        return torch.cat(out, dim=2).clamp(-1, 1)

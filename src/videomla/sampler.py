@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .cache import StreamingCache
 from .config import StreamConfig
 from .model import CausalWanModel
 from .schedule import DEFAULT_SHIFT, FOUR_STEPS, add_noise, sigma_of, to_x0, warp_steps
@@ -40,15 +41,21 @@ def stream_latents(
     generator: torch.Generator | None = None,
     batch: int = 1,
     cache_dtype: torch.dtype | None = None,
+    cache: StreamingCache | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield clean latent chunks [B, C, frames_per_chunk, H, W]; ``num_chunks=None`` never stops.
 
     ``text`` is embedded text (:meth:`CausalWanModel.embed_text`) or a function of the chunk
     index returning it (prompt switching). Noise comes from ``generator`` (on the model's device).
+    ``cache``: a fresh cache to stream into instead of a new one, so the caller can watch or
+    rebuild it between chunks (KV-recache on a prompt switch).
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    cache = model.new_cache(stream, batch, geometry.height, geometry.width, cache_dtype or dtype, device)
+    if cache is None:
+        cache = model.new_cache(stream, batch, geometry.height, geometry.width, cache_dtype or dtype, device)
+    elif cache.stream != stream:
+        raise ValueError(f"the given cache streams {cache.stream}, not {stream}")
     timesteps = warp_steps(steps, shift)
     shape = (batch, geometry.channels, stream.frames_per_chunk, geometry.height, geometry.width)
     text_for = text if callable(text) else (lambda _chunk: text)

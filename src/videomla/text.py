@@ -4,15 +4,26 @@
 word maps to a fixed pseudo-random unit vector seeded by a stable hash of the word, and a prompt
 is its sequence of word vectors (plus a position code), zero-padded to ``max_tokens``. It has no
 weights to download; the DiT's ``text_embedding`` learns what the words mean. UMT5-XXL (real
-scale) plugs in through the same ``encode`` method.
+scale, :class:`UMT5TextEncoder`) plugs in through the same ``encode`` method.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+
+
+class TextEncoder(Protocol):
+    text_dim: int
+    max_tokens: int
+
+    def encode(self, prompts: list[str] | str) -> torch.Tensor:
+        """Prompts -> features [B, max_tokens, text_dim], zero past each prompt's tokens."""
 
 
 class HashTextEncoder:
@@ -40,3 +51,70 @@ class HashTextEncoder:
             for j, word in enumerate(words):
                 out[i, j] = self.word_vector(word) + 0.1 * self.word_vector(f"<pos{j}>")
         return out
+
+
+class UMT5TextEncoder:
+    """Wan2.1's text encoder: UMT5-XXL's encoder (``transformers.UMT5EncoderModel``), 512 tokens.
+
+    As Wan does, prompts are tokenised to ``max_tokens`` and the features past each prompt's
+    length are zeroed (the DiT's cross-attention sees zeros there, not pad-token features).
+    """
+
+    def __init__(self, encoder: Any, tokenizer: Any, max_tokens: int = 512):
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.text_dim = int(encoder.config.d_model)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_tokens: int = 512,
+    ) -> UMT5TextEncoder:
+        """Load from a local folder: a Wan2.1 diffusers root (``text_encoder/`` + ``tokenizer/``) or
+        one folder holding both the encoder's config.json + weights and the tokenizer files."""
+        root = Path(path)
+        if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
+            enc_dir, tok_dir = root / "text_encoder", root / "tokenizer"
+        else:
+            enc_dir = tok_dir = root
+        if not (enc_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no UMT5 text encoder at {path}: expected a folder with text_encoder/ and tokenizer/ "
+                f"(a Wan2.1 diffusers root) or one with the encoder's config.json + *.safetensors and the "
+                f"tokenizer files (tokenizer.json or spiece.model)"
+            )
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        encoder = UMT5EncoderModel.from_pretrained(enc_dir, local_files_only=True, dtype=dtype)
+        return cls(encoder.to(device), tokenizer, max_tokens)
+
+    def encode(self, prompts: list[str] | str) -> torch.Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_tokens,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        full = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        for prompt, ids in zip(prompts, full):
+            if len(ids) > self.max_tokens:
+                warnings.warn(
+                    f"prompt {prompt[:40]!r}... has {len(ids)} tokens; the text encoder keeps the first "
+                    f"{self.max_tokens} (as Wan does)",
+                    stacklevel=2,
+                )
+        device = next(self.encoder.parameters()).device
+        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+        with torch.no_grad():
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return (hidden * mask[..., None].to(hidden.dtype)).float()
