@@ -163,15 +163,17 @@ class CausalWanModel(nn.Module):
         timestep: torch.Tensor,
         context: torch.Tensor,
         stream: StreamConfig | None = None,
+        teacher_forcing: bool = False,
     ) -> torch.Tensor:
         """Velocity for a whole clip x [B, C, F, H, W].
 
         ``stream=None``: full bidirectional attention (Wan2.1 as released). Otherwise the
         chunk-causal sink + sliding-window block mask of ``stream``, exactly what streaming
-        with a cache computes chunk by chunk.
+        with a cache computes chunk by chunk. ``teacher_forcing``: x is ``[clean ; noisy]``
+        along frames and each noisy chunk attends to the clean past (training).
         """
         f, h, w = self.token_grid(*x.shape[2:])
-        ctx = AttentionContext.for_clip(f, h, w, stream, x.device)
+        ctx = AttentionContext.for_clip(f, h, w, stream, x.device, teacher_forcing=teacher_forcing)
         return self._run(x, timestep, self.embed_text(context), ctx, None)
 
     def forward_chunk(

@@ -7,6 +7,9 @@ training (:func:`clip_layout`, the equivalent block mask over a whole clip):
 * to the sink frames (the first ``sink_frames`` frames of the video) once they are in the past;
 * to the newest ``window_frames`` past non-sink frames.
 
+Teacher forcing (:func:`teacher_forcing_layout`) runs a clean and a noisy copy of a clip in
+one forward: each noisy chunk sees itself and the clean past under the same rule.
+
 Temporal positions are the frame index (``absolute``) or the frame's rank inside the active
 window: sinks, then recent frames, then the current chunk (``window-relative``, as in
 Infinity-RoPE / VideoMLA). Because RoPE only sees position differences, the window-relative
@@ -43,14 +46,15 @@ def sink_offset(start: int, stream: StreamConfig) -> int:
 class ClipLayout:
     """Key frames, positions and the frame-level mask of one masked forward over a clip.
 
-    Keys are the clip's frames followed by ``extra_sources`` (sink frames repeated with shifted
-    positions for window-relative RoPE). ``mask[i, j]``: query frame ``i`` sees key frame ``j``.
+    Keys are the clip's frames (both copies under teacher forcing) followed by extra frames
+    (sink frames repeated with shifted positions for window-relative RoPE).
+    ``mask[i, j]``: query frame ``i`` sees key frame ``j``.
     """
 
-    query_positions: torch.Tensor  # [F]
-    key_sources: torch.Tensor  # [F + extra] frame index each key frame copies
-    key_positions: torch.Tensor  # [F + extra]
-    mask: torch.Tensor  # [F, F + extra] bool
+    query_positions: torch.Tensor  # [Fq]
+    key_sources: torch.Tensor  # [Fq + extra] frame index each key frame copies
+    key_positions: torch.Tensor  # [Fq + extra]
+    mask: torch.Tensor  # [Fq, Fq + extra] bool
     num_extra: int
 
     def to(self, device: torch.device | None) -> ClipLayout:
@@ -97,6 +101,33 @@ def clip_layout(num_frames: int, stream: StreamConfig | None, device: torch.devi
         key_positions=torch.cat([frames, torch.tensor(extra_pos, dtype=torch.long)]),
         mask=torch.cat([mask, extra], dim=1),
         num_extra=len(extra_src),
+    )
+    return layout.to(device)
+
+
+def teacher_forcing_layout(num_frames: int, stream: StreamConfig, device: torch.device | None = None) -> ClipLayout:
+    """Two copies of a clip, ``[clean ; noisy]`` (2F frames): teacher forcing in one forward.
+
+    The clean copy follows :func:`clip_layout`, so its keys are exactly what streaming caches
+    after each chunk's clean pass. Noisy chunk ``c`` sees its own noisy frames plus the *clean*
+    frames chunk ``c`` would see in its past, at the same positions (CausVid / Causal Forcing's
+    teacher forcing): its output equals a cached forward of that chunk after the clean chunks
+    before it were committed. Extra sink keys (window-relative RoPE) copy clean sink frames.
+    """
+    base = clip_layout(num_frames, stream)
+    f, c = num_frames, stream.frames_per_chunk
+    chunk = torch.arange(f) // c
+    same_chunk = chunk[:, None] == chunk[None, :]
+    frames, extra = base.mask[:, :f], base.mask[:, f:]
+    clean_rows = torch.cat([frames, torch.zeros(f, f, dtype=torch.bool), extra], dim=1)
+    noisy_rows = torch.cat([frames & ~same_chunk, same_chunk, extra], dim=1)
+    both = torch.arange(2 * f)
+    layout = ClipLayout(
+        query_positions=torch.cat([base.query_positions, base.query_positions]),
+        key_sources=torch.cat([both, base.key_sources[f:]]),
+        key_positions=torch.cat([base.key_positions[:f], base.key_positions]),
+        mask=torch.cat([clean_rows, noisy_rows], dim=0),
+        num_extra=base.num_extra,
     )
     return layout.to(device)
 

@@ -14,7 +14,7 @@ import torch
 from ..cache import StreamingCache
 from ..config import StreamConfig
 from ..rope import Rotary3D
-from ..window import clip_layout
+from ..window import clip_layout, teacher_forcing_layout
 
 
 @dataclass
@@ -41,10 +41,29 @@ class AttentionContext:
 
     @classmethod
     def for_clip(
-        cls, num_frames: int, height: int, width: int, stream: StreamConfig | None, device: torch.device, **kw
+        cls,
+        num_frames: int,
+        height: int,
+        width: int,
+        stream: StreamConfig | None,
+        device: torch.device,
+        teacher_forcing: bool = False,
+        **kw,
     ) -> AttentionContext:
-        """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention."""
-        layout = clip_layout(num_frames, stream, device)
+        """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention.
+
+        ``teacher_forcing``: the frames are ``[clean clip ; noisy clip]`` (see
+        :func:`~videomla.window.teacher_forcing_layout`).
+        """
+        if teacher_forcing:
+            if stream is None or num_frames % 2:
+                raise ValueError(
+                    f"teacher forcing needs a StreamConfig and an even number of frames "
+                    f"(clean + noisy copies), got stream={stream} and {num_frames} frames"
+                )
+            layout = teacher_forcing_layout(num_frames // 2, stream, device)
+        else:
+            layout = clip_layout(num_frames, stream, device)
         identity = layout.num_extra == 0
         mask = None if stream is None else layout.token_mask(height * width)
         return cls(

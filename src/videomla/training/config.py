@@ -1,0 +1,341 @@
+"""The schema of one training run: a YAML file read into dataclasses, validated key by key.
+
+Every section is a dataclass; :func:`load_config` rejects unknown keys and wrong types with the
+dotted path of the offending key, so a typo (``optim.lrr``) fails before any model is built.
+``--set a.b=value`` overrides are applied to the raw YAML before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import StreamConfig
+from ..schedule import DEFAULT_SHIFT, FOUR_STEPS
+
+Stage = Literal["teacher_forcing", "consistency", "dmd"]
+STAGES: tuple[str, ...] = typing.get_args(Stage)
+
+# The paper's learning rates (Table 4 / Appendix D.6): TF 5e-6, CD 2e-6, DMD generator 2e-6.
+DEFAULT_LR = {"teacher_forcing": 5e-6, "consistency": 2e-6, "dmd": 2e-6}
+
+
+@dataclass
+class ModelSection:
+    """Where the trained model starts: a preset (random init) or a checkpoint, optionally made MLA."""
+
+    preset: str | None = None  # a random init of this preset; with a checkpoint: used when it carries no config
+    checkpoint: str | None = None  # any format videomla.checkpoint.load_model reads, or a training run/step dir
+    which: Literal["auto", "ema", "generator"] = "auto"  # Self-Forcing .pt files: which weights
+    mla: bool = False  # VideoMLA self-attention: convert the checkpoint (videomla.convert), or a random MLA init
+    mla_layers: list[int] | None = None  # layers to convert (None: all)
+    mla_init: Literal["svd", "random"] = "svd"  # how a converted checkpoint's MLA projections start
+
+    def __post_init__(self) -> None:
+        if self.preset is None and self.checkpoint is None:
+            raise ValueError("set model.preset (random init) or model.checkpoint")
+
+
+@dataclass
+class DataSection:
+    """Training clips: a folder of pre-encoded latents, or the procedural world."""
+
+    kind: Literal["latents", "world"] = "latents"
+    path: str | None = None  # latents: folder of *.safetensors (latents [C,F,H,W], context [L,D])
+    batch_size: int = 1  # global batch per step, split evenly over processes
+    num_frames: int | None = None  # latent frames per clip (crop; None: the clips' own length)
+    text_len: int | None = None  # pad contexts to this many tokens (None: all clips must agree)
+    negative_context: str | None = None  # .safetensors with 'context' [L,D] of the empty prompt (None: zeros)
+    text_dropout: float = 0.0  # probability of training on the unconditional context (teaches CFG)
+    shuffle: bool = True
+    world: dict[str, Any] = field(default_factory=dict)  # kind=world: arguments of the world generator
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"data.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.kind == "latents" and not self.path:
+            raise ValueError("data.path (a folder of latent .safetensors) is required when data.kind is 'latents'")
+
+
+@dataclass
+class OptimSection:
+    """AdamW; the paper's betas are (0, 0.999). ``lr: null`` takes the stage's paper value."""
+
+    lr: float | None = None
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    max_grad_norm: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
+
+
+@dataclass
+class TeacherSection:
+    """The frozen teacher of stages 2 and 3 (the stage-1 model) and its guidance."""
+
+    checkpoint: str | None = None
+    which: Literal["auto", "ema", "generator"] = "auto"
+    cfg_scale: float = 3.0
+
+
+@dataclass
+class ScheduleSection:
+    shift: float = DEFAULT_SHIFT
+    steps: tuple[int, ...] = FOUR_STEPS  # the few-step list, warped through ``shift``
+
+    def __post_init__(self) -> None:
+        if list(self.steps) != sorted(self.steps, reverse=True) or not self.steps:
+            raise ValueError(f"schedule.steps must be a decreasing list, got {list(self.steps)}")
+
+
+@dataclass
+class ConsistencySection:
+    """Stage 2: the fine grid the teacher's one-step ODE moves along (a multiple of len(steps))."""
+
+    ode_steps: int = 48
+
+    def __post_init__(self) -> None:
+        if self.ode_steps < 2:
+            raise ValueError(f"consistency.ode_steps must be >= 2, got {self.ode_steps}")
+
+
+@dataclass
+class DMDSection:
+    """Stage 3: critic (fake score) and generator updates (Self-Forcing's DMD)."""
+
+    critic_lr: float = 4e-7
+    critic_updates: int = 5  # critic updates per generator update
+    critic_init: Literal["teacher", "generator"] = "teacher"
+    min_timestep: float = 20.0  # DMD noise levels are clamped to [min, max] (Self-Forcing: 0.02, 0.98)
+    max_timestep: float = 980.0
+
+    def __post_init__(self) -> None:
+        if self.critic_updates < 1:
+            raise ValueError(f"dmd.critic_updates must be >= 1, got {self.critic_updates}")
+        if not 0 <= self.min_timestep < self.max_timestep <= 1000:
+            raise ValueError(f"need 0 <= dmd.min_timestep < dmd.max_timestep <= 1000, got {self}")
+
+
+@dataclass
+class EMASection:
+    """EMA of the trained model; ``decay: null`` = 0.99 for DMD, none for the other stages."""
+
+    decay: float | None = None
+    start: int = 1  # first step whose update feeds the EMA
+
+    def __post_init__(self) -> None:
+        if self.decay is not None and not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {self.decay}")
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 500  # steps between checkpoints (the last step is always saved)
+    keep_last: int = 3
+    export: bool = True  # also write the model as a videomla checkpoint (generate / rank read it)
+    metadata: dict[str, Any] = field(default_factory=dict)  # extra metadata of the exported model
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep_last < 1:
+            raise ValueError(f"checkpoint.every and checkpoint.keep_last must be >= 1, got {self}")
+
+
+@dataclass
+class LogSection:
+    every: int = 1
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"log.every must be >= 1, got {self.every}")
+
+
+@dataclass
+class TrainConfig:
+    stage: Stage
+    steps: int
+    model: ModelSection
+    seed: int = 0
+    out_dir: str | None = None
+    device: str = "auto"  # auto | cpu | cuda (torchrun: each process takes cuda:LOCAL_RANK)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    activation_checkpointing: bool = False
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    consistency: ConsistencySection = field(default_factory=ConsistencySection)
+    dmd: DMDSection = field(default_factory=DMDSection)
+    ema: EMASection = field(default_factory=EMASection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.stage != "teacher_forcing" and not self.teacher.checkpoint:
+            raise ValueError(f"stage {self.stage!r} distils from a frozen teacher: set teacher.checkpoint")
+        if self.stream.window_frames is None:
+            raise ValueError("stream.window_frames must be finite: training uses the streaming window it will run")
+        if self.data.num_frames is not None and self.data.num_frames % self.stream.frames_per_chunk:
+            raise ValueError(
+                f"data.num_frames {self.data.num_frames} is not a multiple of "
+                f"stream.frames_per_chunk {self.stream.frames_per_chunk}"
+            )
+        if self.stage == "consistency" and self.consistency.ode_steps % len(self.schedule.steps):
+            raise ValueError(
+                f"consistency.ode_steps {self.consistency.ode_steps} must be a multiple of the "
+                f"{len(self.schedule.steps)} sampling steps so they lie on the fine grid"
+            )
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def lr(self) -> float:
+        return self.optim.lr if self.optim.lr is not None else DEFAULT_LR[self.stage]
+
+    @property
+    def ema_decay(self) -> float | None:
+        return self.ema.decay if self.ema.decay is not None else (0.99 if self.stage == "dmd" else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+# -- reading -------------------------------------------------------------------------------------
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, validate into a :class:`TrainConfig`."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no training config at {file}")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{file} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file} must hold a mapping of config keys, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, raw, "")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``a.b.c=value`` (value parsed as YAML) into the nested dict ``raw``."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes key=value (e.g. optim.lr=1e-5), got {item!r}")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists so the dict is YAML / JSON friendly."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        names = ", ".join(f"{where}{k}" for k in unknown)
+        raise ValueError(f"unknown config key(s) {names}; known in {where or 'the root'}: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{where}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"config key {where}{name} is required")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a frozen dataclass outside this module (StreamConfig) rejecting a value
+        raise ValueError(f"config section {where or '<root>'}: {err}") from err
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {options}")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{where}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"{where} must have {len(args)} items, got {list(value)}")
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        items = [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML reads 5e-6 (no dot) as a string: accept numeric strings for floats.
+        if isinstance(value, bool):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where} must be a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {hint} of {where} is not supported")  # a schema bug, not bad input

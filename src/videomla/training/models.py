@@ -1,0 +1,122 @@
+"""Building the models a stage trains: initialisation, MLA conversion, activation checkpointing, EMA."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import preset
+from ..model import CausalWanModel
+from .config import ModelSection
+from .distributed import reshard
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A model checkpoint path; a training run folder or one of its step folders means its exported model."""
+    p = Path(path)
+    if (p / "checkpoints").is_dir():  # a run folder: its newest checkpoint
+        from .checkpointing import latest_checkpoint
+
+        step_dir = latest_checkpoint(p / "checkpoints")
+        if step_dir is None:
+            raise FileNotFoundError(f"training run {p} has no checkpoint yet")
+        p = step_dir
+    if (p / "trainer.json").is_file():  # a step folder: the exported model inside it
+        if not (p / "model").is_dir():
+            raise FileNotFoundError(f"{p} is a training checkpoint without an exported model/ (checkpoint.export)")
+        p = p / "model"
+    return p
+
+
+def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict | None]:
+    """The trained model in fp32 (master weights), identical on every process (seeded init), and
+    the MLA conversion report when the checkpoint was converted."""
+    torch.manual_seed(seed)
+    report = None
+    if section.checkpoint is not None:
+        from ..checkpoint import load_model
+
+        model = load_model(
+            resolve_checkpoint_path(section.checkpoint), preset=section.preset, which=section.which, dtype=torch.float32
+        )
+        if section.mla:
+            model, report = convert_to_mla(model, section, seed)
+    else:
+        assert section.preset is not None  # ModelSection validated it
+        cfg = preset(section.preset)
+        if section.mla:
+            cfg = cfg.with_mla(layers=None if section.mla_layers is None else tuple(section.mla_layers))
+        model = CausalWanModel(cfg)
+    return model.float().train(), report
+
+
+def convert_to_mla(model: CausalWanModel, section: ModelSection, seed: int) -> tuple[CausalWanModel, dict]:
+    """Dense -> VideoMLA self-attention (SVD or random init of the new projections)."""
+    from ..convert import convert_to_mla as convert
+
+    layers = None if section.mla_layers is None else tuple(section.mla_layers)
+    generator = torch.Generator().manual_seed(seed)
+    converted, report = convert(model, layers=layers, init=section.mla_init, generator=generator, progress=True)
+    return converted, report.to_dict()
+
+
+def load_frozen(path: str, which: str, dtype: torch.dtype) -> CausalWanModel:
+    """A teacher: no gradients, stored in the compute dtype (it has no master weights to keep)."""
+    from ..checkpoint import load_model
+
+    model = load_model(resolve_checkpoint_path(path), which=which, dtype=dtype)
+    return freeze(model)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def trainable_copy(model: CausalWanModel) -> CausalWanModel:
+    """An fp32, trainable copy (the DMD critic starts as the teacher or the generator)."""
+    twin = copy.deepcopy(model).float().train()
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    return twin
+
+
+def enable_activation_checkpointing(model: CausalWanModel) -> None:
+    """Recompute each block's activations in backward (clip forwards with gradients only).
+
+    Streaming forwards (a cache is passed) are left alone: they stage keys into the cache in
+    place, which a recomputation would repeat. The parameter names do not change.
+    """
+    for block in model.blocks:
+        inner = block.forward
+
+        def forward(x, e, text, ctx, cache=None, _inner=inner):
+            if cache is None and torch.is_grad_enabled():
+                return checkpoint(_inner, x, e, text, ctx, None, use_reentrant=False)
+            return _inner(x, e, text, ctx, cache)
+
+        block.forward = forward
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, kept as a model (sharded like it)."""
+
+    def __init__(self, model: CausalWanModel, decay: float, start: int):
+        self.model = freeze(copy.deepcopy(model))
+        self.decay = decay
+        self.start = start
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        if step < self.start:
+            return
+        reshard(self.model)
+        reshard(model)
+        for ema, p in zip(self.model.parameters(), model.parameters()):
+            ema.lerp_(p.detach(), 1.0 - self.decay)

@@ -1,0 +1,197 @@
+"""The training loop: build a stage from a :class:`TrainConfig`, run it, log, checkpoint, resume.
+
+One code path for one process (CPU or one GPU) and for ``torchrun`` (FSDP2 over all processes):
+the global batch is split over processes, every random draw is keyed by global sample index
+(:mod:`.rng`), gradients are averaged by FSDP2's reduce-scatter, and logged losses are averaged
+over processes, so N processes reproduce one process on the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..model import CausalWanModel
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import DataOrder, WorldSource, build_source, collate, load_negative_context, local_slice, pad_context
+from .distributed import DistInfo, init_distributed, mean_over_ranks, shard, shutdown
+from .metrics import MetricsLogger
+from .models import EMA, build_model, enable_activation_checkpointing, load_frozen, trainable_copy
+from .rng import StepRNG
+from .stages import ConsistencyStage, DMDStage, Stage, TeacherForcingStage
+
+CONFIG_FILE = "config.yaml"
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.info: DistInfo = init_distributed(cfg.device)
+        # DCP's state-dict helpers warn when no process group exists: a single process is intended.
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, unavailable or uninitialized")
+        self.ckpt_root = self.out / "checkpoints"
+        existing = latest_checkpoint(self.ckpt_root)
+        if resume and existing is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_root}")
+        if not resume and existing is not None:
+            raise ValueError(
+                f"{self.out} already holds checkpoints (newest {existing.name}): pass --resume or another --out"
+            )
+        self.device = self.info.device
+        self.compute_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+        self._generator, conversion = build_model(cfg.model, cfg.seed)
+        self.source = build_source(cfg.data, self._generator.config, cfg.stream, cfg.seed)
+        self.text_len = cfg.data.text_len or self.source[0].context.shape[0]
+        self.stage = self._build_stage()
+        self.order = DataOrder(len(self.source), cfg.data.batch_size, cfg.seed, cfg.data.shuffle)
+        if cfg.data.batch_size % self.info.world:
+            raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by {self.info.world} processes")
+        self.step = 0
+        if resume:
+            assert existing is not None
+            record = load_checkpoint(existing, self.stage.modules, self.stage.optimizers, self.info)
+            if record["stage"] != cfg.stage:
+                raise ValueError(f"{existing} was written by stage {record['stage']!r}, this config is {cfg.stage!r}")
+            self.step = int(record["step"])
+            self.order.load_state_dict(record["data"])
+            self.stage.after_resume()
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if conversion is not None and not resume:
+                (self.out / "mla_conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
+        self.logger = MetricsLogger(
+            self.out, self.stage.metrics, self.info.is_main, cfg.log.tensorboard, resume_step=self.step
+        )
+
+    # -- construction ------------------------------------------------------------------------------
+    def _uncond(self, length: int) -> torch.Tensor:
+        """The unconditional context [L, D] (CFG and caption dropout): a stored empty-prompt embedding or zeros."""
+        stored = load_negative_context(self.cfg.data.negative_context, self._generator.config)
+        if stored is None:
+            return torch.zeros(length, self._generator.config.text_dim, device=self.device)
+        return pad_context(stored, length, "data.negative_context").to(self.device)
+
+    def _build_stage(self) -> Stage:
+        cfg, info = self.cfg, self.info
+        generator = self._generator.to(self.device)
+        uncond = self._uncond(self.text_len)
+        ema = EMA(generator, cfg.ema_decay, cfg.ema.start) if cfg.ema_decay is not None else None
+        teacher = critic = None
+        if cfg.stage != "teacher_forcing":
+            assert cfg.teacher.checkpoint is not None
+            teacher = load_frozen(cfg.teacher.checkpoint, cfg.teacher.which, self.compute_dtype).to(self.device)
+            self._check_compatible(teacher, "teacher")
+        if cfg.stage == "dmd":
+            assert teacher is not None
+            critic = trainable_copy(teacher if cfg.dmd.critic_init == "teacher" else generator).to(self.device)
+        if cfg.activation_checkpointing:  # after every deepcopy: copies must not share patched forwards
+            for model in (generator, critic):
+                if model is not None:
+                    enable_activation_checkpointing(model)
+        for model in (generator, ema.model if ema else None, teacher, critic):
+            if model is not None:
+                shard(model, info)
+        autocast = self._autocast
+        if cfg.stage == "teacher_forcing":
+            return TeacherForcingStage(cfg, generator, ema, autocast, uncond)
+        if cfg.stage == "consistency":
+            return ConsistencyStage(cfg, generator, ema, autocast, teacher, uncond)
+        return DMDStage(cfg, generator, ema, autocast, teacher, critic, uncond, self.compute_dtype)
+
+    def _check_compatible(self, other: CausalWanModel, name: str) -> None:
+        """The teacher must read and write the same latents and text features as the trained model."""
+
+        def io(cfg):
+            return cfg.in_channels, cfg.out_channels, cfg.text_dim, cfg.patch_size
+
+        if io(other.config) != io(self._generator.config):
+            raise ValueError(
+                f"the {name} takes (in, out channels, text_dim, patch) = {io(other.config)}, "
+                f"the trained model {io(self._generator.config)}"
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def next_batch(self):
+        global_indices = self.order.next_indices()
+        positions, indices = local_slice(global_indices, self.info.rank, self.info.world)
+        batch = collate([self.source[i] for i in indices], self.cfg.data.num_frames, self.text_len)
+        return positions, batch.to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        self.step += 1
+        positions, batch = self.next_batch()
+        rng = StepRNG(self.cfg.seed, self.step, positions, self.device)
+        values = self.stage.step(batch, rng, self.step)
+        return mean_over_ranks(values, self.info)
+
+    def run(self) -> list[dict[str, float]]:
+        """Train to ``cfg.steps``; returns the logged metrics of the steps run here."""
+        cfg, history = self.cfg, []
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.info.is_main, desc=cfg.stage, file=sys.stderr)
+        try:
+            while self.step < cfg.steps:
+                values = self.train_step()
+                history.append({"step": self.step, **values})
+                if self.step % cfg.log.every == 0 or self.step == cfg.steps:
+                    self.logger.log(self.step, values)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
+                bar.update(1)
+                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps:
+                    self.save()
+        finally:
+            bar.close()
+            self.logger.close()
+        return history
+
+    def save(self) -> Path:
+        cfg = self.cfg
+        state = {"stage": cfg.stage, "data": self.order.state_dict(), "config": cfg.to_dict()}
+        export = self._export if cfg.checkpoint.export else None
+        return save_checkpoint(
+            self.ckpt_root, self.step, self.stage.modules, self.stage.optimizers, state, self.info,
+            cfg.checkpoint.keep_last, export, self.stage.export_name,
+        )  # fmt: skip
+
+    def export_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"stream": dataclasses.asdict(self.cfg.stream)}
+        if isinstance(self.source, WorldSource):
+            meta.update(self.source.generation_metadata())
+        meta.update(self.cfg.checkpoint.metadata)
+        meta["training"] = {"stage": self.cfg.stage, "step": self.step}
+        return meta
+
+    def _export(self, state: Mapping[str, torch.Tensor], path: Path) -> None:
+        from ..checkpoint import model_from_state, save_model
+
+        model = model_from_state(state, self._generator.config, "the trained model", dtype=torch.float32)
+        save_model(model, path, self.export_metadata())
+
+    def close(self) -> None:
+        shutdown(self.info)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> list[dict[str, float]]:
+    trainer = Trainer(cfg, out_dir, resume)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
