@@ -38,20 +38,23 @@ class VideoCodec(Protocol):
 class PixelCodec:
     """Lossless space-to-depth: an ``s x s`` pixel block of RGB becomes ``3 s^2`` channels."""
 
-    def __init__(self, spatial_stride: int = 4, scale: float = 1.0):
+    def __init__(self, spatial_stride: int = 4, scale: float = 1.0, offset: float = 0.0):
         self.spatial_stride = spatial_stride
-        self.scale = scale  # latents = pixels * scale (keeps their std near 1 for a given world)
+        # latents = (pixels - offset) * scale: standardises a world's pixels to ~zero mean, unit std,
+        # the range the flow-matching noise lives in (what a VAE's latent scaling factor does)
+        self.scale = scale
+        self.offset = offset
         self.latent_channels = 3 * spatial_stride**2
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         s = self.spatial_stride
         if video.shape[-1] % s or video.shape[-2] % s:
             raise ValueError(f"frame size {tuple(video.shape[-2:])} is not divisible by the codec stride {s}")
-        return rearrange(video, "b c t (h p) (w q) -> b (c p q) t h w", p=s, q=s) * self.scale
+        return (rearrange(video, "b c t (h p) (w q) -> b (c p q) t h w", p=s, q=s) - self.offset) * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         s = self.spatial_stride
-        frames = rearrange(latents / self.scale, "b (c p q) t h w -> b c t (h p) (w q)", p=s, q=s)
+        frames = rearrange(latents / self.scale + self.offset, "b (c p q) t h w -> b c t (h p) (w q)", p=s, q=s)
         return frames.clamp(-1, 1)
 
     def stream_decoder(self) -> PixelCodec:

@@ -52,6 +52,7 @@ class CodecSpec:
     path: str | None = None  # wan-vae: AutoencoderKLWan folder (or given by --vae)
     spatial_stride: int = 4  # pixel only
     scale: float = 1.0  # pixel only
+    offset: float = 0.0  # pixel only: latents = (pixels - offset) * scale
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class VideoSpec:
 
 
 # Keys each section type may carry in metadata (besides "type").
-_CODEC_KEYS = {"pixel": ("spatial_stride", "scale"), "wan-vae": ("path",)}
+_CODEC_KEYS = {"pixel": ("spatial_stride", "scale", "offset"), "wan-vae": ("path",)}
 _TEXT_KEYS = {"hash": ("text_dim", "max_tokens"), "umt5": ("path", "max_tokens")}
 
 
@@ -334,7 +335,7 @@ def check_attention(model: CausalWanModel, attention: str | None, mla_path: str 
 
 def build_codec(spec: CodecSpec, device: torch.device, dtype: torch.dtype) -> VideoCodec:
     if spec.type == "pixel":
-        return PixelCodec(spec.spatial_stride, spec.scale)
+        return PixelCodec(spec.spatial_stride, spec.scale, spec.offset)
     if spec.path is None:
         raise FileNotFoundError(
             "this checkpoint decodes with the Wan2.1 VAE: give its folder (--vae PATH, a diffusers "

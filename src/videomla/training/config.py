@@ -54,11 +54,14 @@ class DataSection:
     negative_context: str | None = None  # .safetensors with 'context' [L,D] of the empty prompt (None: zeros)
     text_dropout: float = 0.0  # probability of training on the unconditional context (teaches CFG)
     shuffle: bool = True
+    workers: int = 1  # threads making a batch's clips (order and content do not depend on it)
     world: dict[str, Any] = field(default_factory=dict)  # kind=world: arguments of the world generator
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ValueError(f"data.workers must be >= 1, got {self.workers}")
         if self.num_frames is not None and self.num_frames < 1:
             raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
         if not 0.0 <= self.text_dropout < 1.0:

@@ -132,7 +132,7 @@ class WorldSource:
     ``seed``, ``spatial_stride``, ``scale``, ``max_tokens`` and any :class:`WorldSpec` field.
     """
 
-    KEYS = ("num_clips", "seed", "spatial_stride", "scale", "max_tokens")
+    KEYS = ("num_clips", "seed", "spatial_stride", "scale", "offset", "max_tokens")
 
     def __init__(self, options: dict[str, Any], cfg: ModelConfig, frames: int, seed: int):
         from ..codecs import PixelCodec
@@ -147,7 +147,9 @@ class WorldSource:
             raise ValueError(f"unknown data.world keys {unknown}; known: {sorted([*self.KEYS, *spec_fields])}")
         spec = WorldSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
         self.clips = WorldClips(int(own.get("num_clips", 1024)), frames, int(own.get("seed", seed)), spec)
-        self.codec = PixelCodec(int(own.get("spatial_stride", 4)), float(own.get("scale", 1.0)))
+        self.codec = PixelCodec(
+            int(own.get("spatial_stride", 4)), float(own.get("scale", 1.0)), float(own.get("offset", 0.0))
+        )
         if self.codec.latent_channels != cfg.in_channels:
             raise ValueError(
                 f"the pixel codec with stride {self.codec.spatial_stride} makes {self.codec.latent_channels}-channel "
@@ -172,7 +174,12 @@ class WorldSource:
         """What ``videomla generate`` needs to decode and prompt a model trained on these clips."""
         spec = self.clips.spec
         return {
-            "codec": {"type": "pixel", "spatial_stride": self.codec.spatial_stride, "scale": self.codec.scale},
+            "codec": {
+                "type": "pixel",
+                "spatial_stride": self.codec.spatial_stride,
+                "scale": self.codec.scale,
+                "offset": self.codec.offset,
+            },
             "text_encoder": {"type": "hash", "text_dim": self.text.text_dim, "max_tokens": self.text.max_tokens},
             "video": {"height": spec.size, "width": spec.size, "fps": spec.fps},
         }
