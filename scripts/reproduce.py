@@ -1,0 +1,263 @@
+"""The small-scale reproduction study of docs/reproduction.md, on one GPU.
+
+    python scripts/reproduce.py main  --out runs/repro            # teacher, dense / MLA-SVD / MLA-random students
+    python scripts/reproduce.py sweep --out runs/repro --teacher runs/repro/teacher-model
+    python scripts/reproduce.py main  --out runs/repro --steps runs/repro/study-main.json   # replay exact steps
+
+Every model is a ``world`` preset (~6 M parameters) trained on the procedural world with the
+project's own trainer (``videomla.training``). Runs are sized by a wall-clock budget per run on the
+first machine (the chosen step counts are recorded in ``study-<phase>.json``; ``--steps`` replays
+them exactly). Each student is then rolled out at 1x, 6x and 12x the 21-frame training horizon
+(one 252-frame rollout per prompt: generation is causal, so its prefixes are the shorter
+rollouts), scored by ``videomla.evaluation``, timed, and its effective rank measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from videomla.checkpoint import load_metadata, load_model, save_model
+from videomla.cli import main as videomla_cli
+from videomla.codecs import PixelCodec
+from videomla.config import StreamConfig
+from videomla.data.world import caption, clip_params_at, render
+from videomla.evaluation import METRICS, evaluate
+from videomla.sampler import LatentGeometry, stream_latents
+from videomla.text import HashTextEncoder
+from videomla.training.config import config_from_dict
+from videomla.training.trainer import Trainer
+
+HORIZON = 21  # latent frames per training clip (= video frames: the pixel codec has no time stride)
+HORIZONS = {"1x": HORIZON, "6x": 6 * HORIZON, "12x": 12 * HORIZON}
+EVAL_PROMPTS = 8
+EVAL_SEED = 12345
+# Standardise the world's pixels (mean -0.76, std 0.34 over 64 clips) to ~unit-variance latents.
+WORLD = {"num_clips": 1_000_000, "spatial_stride": 4, "offset": -0.76, "scale": 2.9}
+STREAM = {"frames_per_chunk": 3, "sink_frames": 1, "window_frames": 6, "rope_mode": "window-relative"}
+TEACHER_STEPS = (1000, 875, 750, 625, 500, 375, 250, 125)  # the stage-1 model is sampled with 8 steps
+
+
+def base_config(stage: str, out: Path, seed: int) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "steps": 1,
+        "seed": seed,
+        "out_dir": str(out),
+        "precision": "bf16",
+        "stream": dict(STREAM),
+        "data": {
+            "kind": "world",
+            "batch_size": BATCH,
+            "num_frames": HORIZON,
+            "workers": 8,
+            "world": {**WORLD, "seed": seed},
+        },
+        "checkpoint": {"every": 10**9, "keep_last": 8},
+        "log": {"every": 10, "tensorboard": False},
+    }
+
+
+def teacher_forcing(out: Path, model: dict, lr: float, seed: int) -> dict:
+    cfg = base_config("teacher_forcing", out, seed)
+    cfg.update(model=model, optim={"lr": lr})
+    cfg["data"]["text_dropout"] = 0.1
+    return cfg
+
+
+def consistency(out: Path, student: str, teacher: str, seed: int) -> dict:
+    cfg = base_config("consistency", out, seed)
+    cfg.update(
+        model={"checkpoint": student},
+        teacher={"checkpoint": teacher, "cfg_scale": 3.0},
+        optim={"lr": 2e-5},
+        consistency={"ode_steps": 48},
+    )
+    return cfg
+
+
+PROBE_STEPS = 20  # steps timed before a budgeted run is sized
+MIN_STEPS = 40
+BATCH = 16
+
+
+def train(name: str, raw: dict, budget_s: float, snapshots: int, steps: dict[str, int], root: Path) -> dict:
+    """Train one run: ``steps[name]`` steps if given, else as many as fit ``budget_s`` seconds."""
+    out = root / name
+    raw = copy.deepcopy(raw)
+    raw["out_dir"] = str(out)
+    raw["steps"] = steps.get(name, 10**9)
+    trainer = Trainer(config_from_dict(raw), out)
+    start = time.perf_counter()
+    try:
+        if name not in steps:  # time a few steps, then size the run to the budget
+            for _ in range(PROBE_STEPS):
+                values = trainer.train_step()
+                trainer.logger.log(trainer.step, values)
+            sync()
+            per_step = (time.perf_counter() - start) / PROBE_STEPS
+            trainer.cfg.steps = max(MIN_STEPS, PROBE_STEPS + 1, int(budget_s / per_step))
+        trainer.cfg.checkpoint.every = max(1, trainer.cfg.steps // snapshots)
+        history = trainer.run()
+    finally:
+        trainer.close()
+    seconds = time.perf_counter() - start
+    last = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+    print(f"[{name}] {trainer.cfg.steps} steps in {seconds:.0f} s: {last}", flush=True)
+    return {"steps": trainer.cfg.steps, "seconds": seconds, "final": last, "model": str(out)}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def eval_prompts() -> list[str]:
+    return [caption(clip_params_at(EVAL_SEED, i)) for i in range(EVAL_PROMPTS)]
+
+
+@torch.no_grad()
+def rollout_scores(model_dir: str, device: torch.device, steps: tuple[int, ...]) -> dict:
+    """Roll out every eval prompt to the 12x horizon in one batch; score the 1x / 6x / 12x prefixes."""
+    model = load_model(model_dir, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
+    prompts = eval_prompts()
+    dtype = next(model.parameters()).dtype
+    text = model.embed_text(HashTextEncoder(model.config.text_dim).encode(prompts).to(device, dtype))
+    stream = StreamConfig(**STREAM)
+    chunks = HORIZONS["12x"] // stream.frames_per_chunk
+    gen = torch.Generator(device).manual_seed(0)
+    latents = stream_latents(model, text, LatentGeometry(48, 16, 16), stream, chunks, steps, generator=gen, batch=8)
+    video = codec.decode(torch.cat(list(latents), dim=2).float()).cpu()  # [B, 3, T, 64, 64]
+    result: dict[str, Any] = {}
+    for label, frames in HORIZONS.items():
+        scores = [evaluate(video[i, :, :frames], p).overall for i, p in enumerate(prompts)]
+        result[label] = {m: sum(s[m] for s in scores) / len(scores) for m in (*METRICS, "overall")}
+    result["speed"] = speed(model, stream, device, dtype)
+    result["kv_numbers_per_token_per_layer"] = sum(
+        s.numbers_per_token for s in model.cache_specs(torch.bfloat16)[0].values()
+    )
+    return result
+
+
+def speed(model, stream: StreamConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """Frames per second of 4-step streaming at batch 1 (transformer only), after a warm-up."""
+    text = model.embed_text(torch.zeros(1, 16, model.config.text_dim, device=device, dtype=dtype))
+    geometry = LatentGeometry(48, 16, 16)
+    for _ in stream_latents(model, text, geometry, stream, 4):
+        pass
+    sync()
+    start = time.perf_counter()
+    chunks = 40
+    for _ in stream_latents(model, text, geometry, stream, chunks):
+        pass
+    sync()
+    return {"device": device.type, "fps": chunks * stream.frames_per_chunk / (time.perf_counter() - start)}
+
+
+def real_clip_scores() -> dict:
+    prompts, result = eval_prompts(), {}
+    videos = [render(clip_params_at(EVAL_SEED, i), HORIZONS["12x"]) for i in range(EVAL_PROMPTS)]
+    for label, frames in HORIZONS.items():
+        scores = [evaluate(v[:, :frames], p).overall for v, p in zip(videos, prompts)]
+        result[label] = {m: sum(s[m] for s in scores) / len(scores) for m in (*METRICS, "overall")}
+    return result
+
+
+def mla_model(checkpoint: str, init: str, **dims: int) -> dict:
+    return {"checkpoint": checkpoint, "mla": True, "mla_init": init, **{f"mla_{k}": v for k, v in dims.items()}}
+
+
+def student(name, model, teacher, budget, steps, root, seed, runs) -> str:
+    """Teacher-forcing recovery (or continuation) then consistency distillation, same budget for all."""
+    runs[f"{name}-tf"] = train(f"{name}-tf", teacher_forcing(root, model, 1e-4, seed), budget, 4, steps, root)
+    cd = consistency(root, str(root / f"{name}-tf"), teacher, seed)
+    runs[f"{name}-cd"] = train(f"{name}-cd", cd, budget, 2, steps, root)
+    return str(root / f"{name}-cd")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=("main", "sweep"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--teacher", help="sweep: the stage-1 teacher model folder from the main phase")
+    ap.add_argument("--steps", type=Path, help="a study-*.json whose recorded step counts to replay")
+    ap.add_argument("--teacher-budget", type=float, default=180.0, help="seconds of stage-1 training")
+    ap.add_argument("--budget", type=float, default=35.0, help="seconds per student run (recovery, then CD)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dry-run", action="store_true", help="2 steps per run: check the pipeline end to end")
+    args = ap.parse_args()
+    if args.dry_run:
+        global PROBE_STEPS, MIN_STEPS, BATCH
+        PROBE_STEPS = MIN_STEPS = BATCH = 2
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = args.out
+    root.mkdir(parents=True, exist_ok=True)
+    steps = {}
+    if args.steps:
+        steps = {k: v["steps"] for k, v in json.loads(args.steps.read_text())["runs"].items()}
+    runs: dict[str, dict] = {}
+    students: dict[str, str] = {}
+    if args.phase == "main":
+        dense = {"preset": "world", "mla": False}
+        runs["teacher"] = train(
+            "teacher", teacher_forcing(root, dense, 3e-4, args.seed), args.teacher_budget, 4, steps, root
+        )
+        teacher = str(root / "teacher")
+        teacher_dir = teacher_model_dir(root / "teacher")
+        save_model(load_model(teacher_dir, dtype=torch.bfloat16), root / "teacher-model", load_metadata(teacher_dir))
+        students["dense"] = student(
+            "dense", {"checkpoint": teacher}, teacher, args.budget, steps, root, args.seed, runs
+        )
+        for init in ("svd", "random"):
+            students[f"mla-{init}"] = student(
+                f"mla-{init}", mla_model(teacher, init), teacher, args.budget, steps, root, args.seed, runs
+            )
+    else:
+        if not args.teacher:
+            ap.error("sweep needs --teacher (the teacher-model folder of the main phase)")
+        teacher = args.teacher
+        variants = {"dc8": {"kv_latent_dim": 8}, "dc16": {"kv_latent_dim": 16}, "dc64": {"kv_latent_dim": 64}}
+        variants |= {"dc128": {"kv_latent_dim": 128}, "rope8": {"rope_head_dim": 8}, "rope32": {"rope_head_dim": 32}}
+        for name, dims in variants.items():
+            model = mla_model(teacher, "svd", **dims)
+            students[name] = student(name, model, teacher, args.budget, steps, root, args.seed, runs)
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    results["runs"] = runs
+    results["real_clips"] = real_clip_scores()
+    results["students"] = {}
+    for name, path in students.items():
+        results["students"][name] = rollout_scores(teacher_model_dir(Path(path)), device, (1000, 750, 500, 250))
+        print(f"[eval {name}] {json.dumps(results['students'][name])}", flush=True)
+    if args.phase == "main":
+        results["teacher_8_steps"] = rollout_scores(str(root / "teacher-model"), device, TEACHER_STEPS)
+        for run in ("mla-svd-tf", "mla-random-tf", "teacher"):
+            results[f"rank_{run}"] = rank(root, run)
+    (root / f"study-{args.phase}.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"wrote {root / f'study-{args.phase}.json'}")
+
+
+def rank(root: Path, run: str) -> dict:
+    """``videomla rank`` over a run's exported checkpoints (its rank-over-training), plots included."""
+    ckpts = sorted(str(c) for c in (root / run / "checkpoints").glob("step_*/model"))
+    out = root / f"rank-{run}"
+    if videomla_cli(["rank", *ckpts, "--out", str(out)]) != 0:
+        raise RuntimeError(f"videomla rank failed on {run}")
+    return json.loads((out / "ranks.json").read_text())
+
+
+def teacher_model_dir(run: Path) -> str:
+    """The newest exported model of a training run folder."""
+    from videomla.training.models import resolve_checkpoint_path
+
+    return str(resolve_checkpoint_path(run))
+
+
+if __name__ == "__main__":
+    main()
