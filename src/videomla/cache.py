@@ -59,6 +59,13 @@ class LayerCache:
         for name, value in values.items():
             self.buffers[name][:, start : start + value.shape[1]].copy_(value)
 
+    def select(self, index: int) -> LayerCache:
+        """Stream ``index`` of the batch as a one-stream cache sharing these buffers (writes land here)."""
+        one = object.__new__(LayerCache)
+        one.spec, one.tokens_per_frame = self.spec, self.tokens_per_frame
+        one.buffers = {k: b[index : index + 1] for k, b in self.buffers.items()}
+        return one
+
     def view(self, num_tokens: int) -> dict[str, torch.Tensor]:
         return {k: b[:, :num_tokens] for k, b in self.buffers.items()}
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionContext, DenseSelfAttention, MLASelfAttention
-from .attention.common import RMSNorm, attend
+from .attention.common import RMSNorm, attend, fusable
 from .cache import CacheSpec, StreamingCache
 from .config import ModelConfig, StreamConfig
 
@@ -61,6 +62,18 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, :, None]) + shift[:, :, None]
 
 
+@fusable
+def norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """Parameter-free LayerNorm then adaLN (one kernel under fast_kernels())."""
+    return modulate(F.layer_norm(x, x.shape[-1:], eps=eps), shift, scale)
+
+
+@fusable
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate with y [B, F*T, C] or [B, F, T, C] and one gate per frame [B, F, C]."""
+    return x + y.view_as(x) * gate[:, :, None]
+
+
 class WanBlock(nn.Module):
     """Self-attention, cross-attention and FFN with 6-way timestep modulation."""
 
@@ -78,15 +91,22 @@ class WanBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.slice_streams = False  # see CausalWanModel.set_stream_slicing
 
     def forward(self, x, e, text, ctx, cache=None):
         """x [B, F, T, C]; e [B, F, 6, C]; text [B, L, C]."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[:, None] + e).unbind(2)
-        y = self.self_attn(modulate(self.norm1(x), shift1, scale1).flatten(1, 2), ctx, cache)
-        x = x + y.view_as(x) * gate1[:, :, None]
+        h = norm_modulate(x, shift1, scale1, self.norm1.eps).flatten(1, 2)
+        if self.slice_streams and len(h) > 1:
+            views = [None] * len(h) if cache is None else [cache.select(i) for i in range(len(h))]
+            y = torch.cat([self.self_attn(h[i : i + 1], ctx, views[i]) for i in range(len(h))])
+        else:
+            y = self.self_attn(h, ctx, cache)
+        x = gated_residual(x, y, gate1)
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), text).view_as(x)
-        y = self.ffn(modulate(self.norm2(x), shift2, scale2))
-        return x + y * gate2[:, :, None]
+        h = norm_modulate(x, shift2, scale2, self.norm2.eps)
+        y = torch.cat([self.ffn(part) for part in h.split(1)]) if self.slice_streams and len(h) > 1 else self.ffn(h)
+        return gated_residual(x, y, gate2)
 
 
 class Head(nn.Module):
@@ -98,7 +118,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation[:, None] + temb[:, :, None]).unbind(2)
-        return self.head(modulate(self.norm(x), shift, scale))
+        return self.head(norm_modulate(x, shift, scale, self.norm.eps))
 
 
 class CausalWanModel(nn.Module):
@@ -189,12 +209,20 @@ class CausalWanModel(nn.Module):
         The chunk attends to itself and the cache's window. ``write=True`` (the clean pass at
         t = 0 after denoising) commits the chunk's keys to the cache and advances it.
         """
-        f, h, w = self.token_grid(*x.shape[2:])
-        ctx = AttentionContext.for_stream(cache, f, h, w, x.device)
+        ctx = self.chunk_context(x, cache)
         out = self._run(x, timestep, text, ctx, cache)
         if write:
-            cache.commit(f)
+            cache.commit(ctx.query_frame_positions.numel())
         return out
+
+    def chunk_context(self, x: torch.Tensor, cache: StreamingCache) -> AttentionContext:
+        """Positions, cache slots and RoPE tables of the chunk ``x`` would be: all the host work and
+        uploads of a chunk forward, done before it, so the rest can be captured and replayed."""
+        f, h, w = self.token_grid(*x.shape[2:])
+        ctx = AttentionContext.for_stream(cache, f, h, w, x.device)
+        for block in self.blocks:
+            ctx.tables(block.self_attn.rotary)
+        return ctx
 
     def new_cache(
         self,
@@ -224,6 +252,17 @@ class CausalWanModel(nn.Module):
         """'auto' | 'materialised' | 'absorbed' for every MLA layer."""
         for attn in self.mla_layers():
             attn.path = path
+
+    def set_stream_slicing(self, enabled: bool) -> None:
+        """Run self-attention and the FFN one stream of the batch at a time.
+
+        Their transients (per-head K/V expanded from MLA latents, the 8960-wide FFN hidden
+        state) then stop growing with the number of streams, so a batch of streams costs its
+        cache plus a few chunk-sized tensors each. Same numbers; at 4680 tokens per stream each
+        slice still fills the GPU.
+        """
+        for block in self.blocks:
+            block.slice_streams = enabled
 
     def set_kv_dtype(self, dtype: torch.dtype | None) -> None:
         """Storage dtype of MLA latents in new caches (``torch.float8_e4m3fn`` for fp8)."""

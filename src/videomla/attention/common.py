@@ -1,10 +1,97 @@
-"""Pieces shared by every attention kind: RMSNorm and the SDPA call."""
+"""Pieces shared by every attention kind: RMSNorm, RoPE, the SDPA call, and the fast-kernel switch.
+
+:func:`fast_kernels` turns on the inference fast paths for the block it guards. Outside it every
+helper runs its eager reference code unchanged, so tests compare the two on the same inputs.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..rope import apply_rope
+
+Fn = TypeVar("Fn", bound=Callable)
+
+
+class _FastState:
+    """Process-wide switch read by :func:`fusable` helpers and RoPE table construction."""
+
+    backend: ClassVar[str | None] = None  # torch.compile backend while fast_kernels() is active
+    compiled: ClassVar[dict[tuple[Callable, str], Callable]] = {}
+
+
+def fast_enabled() -> bool:
+    return _FastState.backend is not None
+
+
+@contextmanager
+def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterator[None]:
+    """Inference fast paths inside this block, for every model in the process.
+
+    * helpers marked :func:`fusable` (norms, RoPE, adaLN modulation, gated residuals, fp8
+      (de)quantisation) run as one ``torch.compile``'d kernel each instead of 3-10 eager
+      kernels: they are memory-bound, so fewer passes over the activations is the whole gain;
+    * RoPE tables are float32 instead of float64 (bf16 activations cannot tell them apart);
+    * SDPA tries cuDNN first (about 1.65x FlashAttention-2 on an H100 at chunk sizes), then
+      flash, memory-efficient and math (``cudnn_first=False`` keeps PyTorch's own order).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    previous = _FastState.backend
+    limit = torch._dynamo.config.recompile_limit
+    # each helper sees a few shapes (query side, key side, batch sizes): never fall back to eager
+    torch._dynamo.config.recompile_limit = max(limit, 64)
+    _FastState.backend = backend
+    try:
+        with ExitStack() as stack:
+            if cudnn_first:
+                order = [
+                    SDPBackend.CUDNN_ATTENTION,
+                    SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.EFFICIENT_ATTENTION,
+                    SDPBackend.MATH,
+                ]
+                stack.enter_context(sdpa_kernel(order, set_priority=True))
+            yield
+    finally:
+        _FastState.backend = previous
+        torch._dynamo.config.recompile_limit = limit
+
+
+def fusable(fn: Fn) -> Fn:
+    """Mark a pure tensor function: inside :func:`fast_kernels` it runs compiled (fused)."""
+
+    @functools.wraps(fn)
+    def call(*args):
+        backend = _FastState.backend
+        if backend is None:
+            return fn(*args)
+        key = (fn, backend)
+        compiled = _FastState.compiled.get(key)
+        if compiled is None:
+            compiled = _FastState.compiled[key] = torch.compile(fn, backend=backend, fullgraph=True)
+        return compiled(*args)
+
+    call.reference = fn  # type: ignore[attr-defined]
+    return call  # type: ignore[return-value]
+
+
+@fusable
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise in fp32 (as Wan / Self-Forcing do), cast back, then apply the gain."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
+
+
+rope = fusable(apply_rope)
 
 
 class RMSNorm(nn.Module):
@@ -16,9 +103,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 def attend(
@@ -27,7 +112,15 @@ def attend(
     """Softmax attention on [B, N, H, D] tensors (k/v may have one head: multi-query).
 
     The scale is always passed explicitly: MLA's q/k width differs from its head size.
+    Multi-query attention without a mask folds the heads into the query axis (one key head,
+    N*H queries): the same numbers, with no stride-0 head expansion for the kernel to refuse.
     """
+    if k.shape[2] == 1 and q.shape[2] > 1 and mask is None:
+        b, n, h, _ = q.shape
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, 1, n * h, -1), k.transpose(1, 2), v.transpose(1, 2), scale=scale
+        )
+        return out.reshape(b, n, h, -1)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if k.shape[1] != q.shape[1]:
         k = k.expand(-1, q.shape[1], -1, -1)

@@ -15,6 +15,7 @@ from ..cache import StreamingCache
 from ..config import StreamConfig
 from ..rope import Rotary3D
 from ..window import clip_layout, teacher_forcing_layout
+from .common import fast_enabled
 
 
 @dataclass
@@ -23,7 +24,7 @@ class AttentionContext:
     key_frame_positions: torch.Tensor  # [Fk] temporal position of each key frame
     height: int  # token grid of a frame
     width: int
-    table_dtype: torch.dtype = torch.float64
+    table_dtype: torch.dtype | None = None  # RoPE tables: None = float64, float32 inside fast_kernels()
     mask: torch.Tensor | None = None  # [Nq, Nk] bool, clip mode only
     key_sources: torch.Tensor | None = None  # clip mode: frame each key frame copies (None = identity)
     stage_slot: int | None = None  # stream mode: first cache slot of the current chunk
@@ -99,11 +100,15 @@ class AttentionContext:
         )
 
     def tables(self, rotary: Rotary3D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q_cos, q_sin, k_cos, k_sin) for ``rotary``'s pairs, memoised per forward."""
-        key = (rotary.pairs, tuple(f.shape[0] for f in rotary.freqs), id(rotary))
+        """(q_cos, q_sin, k_cos, k_sin) for ``rotary``'s pairs, memoised per forward.
+
+        Keyed by the frequencies themselves, so the 30 layers of a model share one set of tables.
+        """
+        dtype = self.table_dtype or (torch.float32 if fast_enabled() else torch.float64)
+        key = (tuple(tuple(f.tolist()) for f in rotary.freqs), dtype)
         if key not in self._tables:
-            q = rotary.cos_sin(self.query_frame_positions, self.height, self.width, self.table_dtype)
-            k = rotary.cos_sin(self.key_frame_positions, self.height, self.width, self.table_dtype)
+            q = rotary.cos_sin(self.query_frame_positions, self.height, self.width, dtype)
+            k = rotary.cos_sin(self.key_frame_positions, self.height, self.width, dtype)
             self._tables[key] = (*q, *k)
         return self._tables[key]
 

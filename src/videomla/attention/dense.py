@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..cache import CacheSpec, LayerCache, TensorSpec
-from ..rope import Rotary3D, apply_rope
-from .common import RMSNorm, attend
+from ..rope import Rotary3D
+from .common import RMSNorm, attend, rope
 from .context import AttentionContext
 
 
@@ -49,20 +49,20 @@ class DenseSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> torch.Tensor:
         q, k, v = self.project(x)
         q_cos, q_sin, k_cos, k_sin = ctx.tables(self.rotary)
-        q = apply_rope(q, q_cos, q_sin)
+        q = rope(q, q_cos, q_sin)
         if ctx.streaming:
             if cache is None:
                 raise ValueError("a streaming forward needs the layer's cache")
             if ctx.keys_prerotated:  # absolute positions never change: store keys rotated
-                cache.stage(ctx.stage_slot, {"k": apply_rope(k, q_cos, q_sin), "v": v})
+                cache.stage(ctx.stage_slot, {"k": rope(k, q_cos, q_sin), "v": v})
                 kv = cache.view(ctx.active_tokens)
                 k, v = kv["k"], kv["v"]
             else:  # window-relative: positions move every chunk, rotate on read
                 cache.stage(ctx.stage_slot, {"k": k, "v": v})
                 kv = cache.view(ctx.active_tokens)
-                k, v = apply_rope(kv["k"], k_cos, k_sin), kv["v"]
+                k, v = rope(kv["k"], k_cos, k_sin), kv["v"]
         else:
-            k = apply_rope(ctx.gather_keys(k), k_cos, k_sin)
+            k = rope(ctx.gather_keys(k), k_cos, k_sin)
             v = ctx.gather_keys(v)
         out = attend(q, k, v, 1.0 / math.sqrt(self.head_dim), ctx.mask)
         return self.o(out.flatten(2))

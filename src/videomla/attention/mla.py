@@ -25,12 +25,13 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..cache import CacheSpec, LayerCache, TensorSpec
 from ..config import MLAConfig
-from ..rope import Rotary3D, apply_rope
-from .common import RMSNorm, attend
+from ..rope import Rotary3D
+from .common import RMSNorm, attend, fusable, rope
 from .context import AttentionContext
 
 MLAPath = Literal["auto", "materialised", "absorbed"]
@@ -57,12 +58,14 @@ def choose_path(path: MLAPath, num_queries: int, cfg: MLAConfig, head_dim: int) 
     return "absorbed" if num_queries < absorb_threshold(cfg, head_dim) else "materialised"
 
 
+@fusable
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token e4m3 quantisation: (values, fp32 scale [.., 1]) with amax mapped to 448."""
     scale = x.detach().abs().amax(-1, keepdim=True).float().clamp_min(1e-12) / FP8_MAX
     return (x.float() / scale).to(FP8), scale
 
 
+@fusable
 def dequantize_fp8(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x.float() * scale).to(dtype)
 
@@ -93,6 +96,7 @@ class MLASelfAttention(nn.Module):
         self.path: MLAPath = "auto"
         self.kv_dtype: torch.dtype | None = None  # e.g. torch.float8_e4m3fn for an fp8 latent cache
         self._absorbed: tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._padded: tuple[tuple[int, int], torch.Tensor] | None = None
 
     # -- cache ---------------------------------------------------------------------------------
     def cache_spec(self, dtype: torch.dtype) -> CacheSpec:
@@ -122,10 +126,12 @@ class MLASelfAttention(nn.Module):
         return view["c"], view["kr"]
 
     # -- projections ---------------------------------------------------------------------------
-    def project_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(c_Q, q_nope [B,N,H,dn], unrotated q_rope [B,N,H,dr])."""
+    def project_query(
+        self, x: torch.Tensor, content: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(c_Q, q_nope [B,N,H,dn] or None when ``content`` is False, unrotated q_rope [B,N,H,dr])."""
         cq = self.q_norm(self.q_down(x))
-        q_nope = self.q_up(cq).unflatten(-1, (self.num_heads, -1))
+        q_nope = self.q_up(cq).unflatten(-1, (self.num_heads, -1)) if content else None
         q_rope = self.q_rope(cq).unflatten(-1, (self.num_heads, -1))
         return cq, q_nope, q_rope
 
@@ -137,6 +143,29 @@ class MLASelfAttention(nn.Module):
         """Per-head content keys [B,L,H,dn] and values [B,L,H,D] from latents [B,L,d_c]."""
         return self.k_up(c).unflatten(-1, (self.num_heads, -1)), self.v_up(c).unflatten(-1, (self.num_heads, -1))
 
+    def expand_keys(self, c: torch.Tensor, kr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys [B,L,H,dn+dr] = [W_UK,h c ; k_R] and values [B,L,H,D] from latents and rotated k_R.
+
+        One GEMM whose weight has zero rows at each head's RoPE slots writes the keys in their
+        final layout; the shared k_R then fills those slots in place. Same numbers as
+        concatenating :meth:`expand_latent`'s keys with k_R, without a pass over all the keys.
+        """
+        k = F.linear(c, self.padded_key_weight()).unflatten(-1, (self.num_heads, -1))
+        k[..., self.cfg.nope_head_dim :] = kr[:, :, None, :]
+        return k, self.v_up(c).unflatten(-1, (self.num_heads, -1))
+
+    def padded_key_weight(self) -> torch.Tensor:
+        """W_UK with ``dr`` zero rows after each head's ``dn`` rows, [H*(dn+dr), d_c]; cached while weights stay."""
+        w = self.k_up.weight
+        version = (w._version, w.data_ptr())
+        if torch.is_grad_enabled() or self._padded is None or self._padded[0] != version:
+            h, dn, dr = self.num_heads, self.cfg.nope_head_dim, self.cfg.rope_head_dim
+            padded = torch.cat([w.unflatten(0, (h, dn)), w.new_zeros(h, dr, w.shape[1])], dim=1).flatten(0, 1)
+            if torch.is_grad_enabled():  # never keep a graph alive between calls
+                return padded
+            self._padded = (version, padded)
+        return self._padded[1]
+
     # -- the three paths -----------------------------------------------------------------------
     def attend_materialised(
         self,
@@ -147,8 +176,7 @@ class MLASelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Expand latents to per-head K/V and run SDPA; q_rope/kr already rotated."""
-        k_nope, v = self.expand_latent(c)
-        k = torch.cat([k_nope, kr[:, :, None, :].expand(-1, -1, self.num_heads, -1)], dim=-1)
+        k, v = self.expand_keys(c, kr)
         q = torch.cat([q_nope, q_rope], dim=-1)
         out = attend(q, k, v, self.scale, mask)
         return self.o(out.flatten(2))
@@ -190,18 +218,21 @@ class MLASelfAttention(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> torch.Tensor:
         q_cos, q_sin, k_cos, k_sin = ctx.tables(self.rotary)
-        cq, q_nope, q_rope = self.project_query(x)
-        q_rope = apply_rope(q_rope, q_cos, q_sin)
+        if ctx.streaming:
+            path = choose_path(self.path, x.shape[1], self.cfg, self.head_dim)
+        else:
+            path = "materialised" if self.path == "auto" else self.path
+        # the absorbed path folds W_UQ into A_h: skip the q_nope projection it would throw away
+        cq, q_nope, q_rope = self.project_query(x, content=path != "absorbed")
+        q_rope = rope(q_rope, q_cos, q_sin)
         c, kr = self.project_latent(x)
         if ctx.streaming:
             if cache is None:
                 raise ValueError("a streaming forward needs the layer's cache")
             c, kr = self._stage_and_read(c, kr, ctx, cache)
-            path = choose_path(self.path, x.shape[1], self.cfg, self.head_dim)
         else:
             c, kr = ctx.gather_keys(c), ctx.gather_keys(kr)
-            path = "materialised" if self.path == "auto" else self.path
-        kr = apply_rope(kr, k_cos, k_sin)  # k_R is always kept unrotated: rotate in the window frame
+        kr = rope(kr, k_cos, k_sin)  # k_R is always kept unrotated: rotate in the window frame
         if path == "absorbed":
             return self.attend_absorbed(cq, q_rope, c, kr, ctx.mask)
         return self.attend_materialised(q_nope, q_rope, c, kr, ctx.mask)
