@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from videomla.checkpoint import load_metadata, load_model, save_model
+from videomla.checkpoint import RESERVED_METADATA, load_metadata, load_model, save_model
 from videomla.cli import main as videomla_cli
 from videomla.codecs import PixelCodec
 from videomla.config import StreamConfig
@@ -135,10 +138,7 @@ def rollout_scores(model_dir: str, device: torch.device, steps: tuple[int, ...])
     gen = torch.Generator(device).manual_seed(0)
     latents = stream_latents(model, text, LatentGeometry(48, 16, 16), stream, chunks, steps, generator=gen, batch=8)
     video = codec.decode(torch.cat(list(latents), dim=2).float()).cpu()  # [B, 3, T, 64, 64]
-    result: dict[str, Any] = {}
-    for label, frames in HORIZONS.items():
-        scores = [evaluate(video[i, :, :frames], p).overall for i, p in enumerate(prompts)]
-        result[label] = {m: sum(s[m] for s in scores) / len(scores) for m in (*METRICS, "overall")}
+    result = score_horizons(list(video), prompts)
     result["speed"] = speed(model, stream, device, dtype)
     result["kv_numbers_per_token_per_layer"] = sum(
         s.numbers_per_token for s in model.cache_specs(torch.bfloat16)[0].values()
@@ -162,12 +162,26 @@ def speed(model, stream: StreamConfig, device: torch.device, dtype: torch.dtype)
 
 
 def real_clip_scores() -> dict:
-    prompts, result = eval_prompts(), {}
     videos = [render(clip_params_at(EVAL_SEED, i), HORIZONS["12x"]) for i in range(EVAL_PROMPTS)]
-    for label, frames in HORIZONS.items():
-        scores = [evaluate(v[:, :frames], p).overall for v, p in zip(videos, prompts)]
-        result[label] = {m: sum(s[m] for s in scores) / len(scores) for m in (*METRICS, "overall")}
+    return score_horizons(videos, eval_prompts())
+
+
+def score_horizons(videos: list[torch.Tensor], prompts: list[str]) -> dict[str, Any]:
+    """Mean evaluator scores of every video's 1x / 6x / 12x prefix, scored in parallel on the CPU cores."""
+    jobs = [(v[:, :frames], p) for frames in HORIZONS.values() for v, p in zip(videos, prompts)]
+    workers = max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
+    context = multiprocessing.get_context("spawn")  # no CUDA state in the scoring processes
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        scores = list(pool.map(score_one, jobs))
+    result: dict[str, Any] = {}
+    for i, label in enumerate(HORIZONS):
+        chunk = scores[i * len(videos) : (i + 1) * len(videos)]
+        result[label] = {m: sum(s[m] for s in chunk) / len(chunk) for m in (*METRICS, "overall")}
     return result
+
+
+def score_one(job: tuple[torch.Tensor, str]) -> dict[str, float]:
+    return evaluate(*job).overall
 
 
 def mla_model(checkpoint: str, init: str, **dims: int) -> dict:
@@ -184,13 +198,15 @@ def student(name, model, teacher, budget, steps, root, seed, runs) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=("main", "sweep"))
+    ap.add_argument("phase", choices=("main", "sweep", "evaluate"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--teacher", help="sweep: the stage-1 teacher model folder from the main phase")
+    ap.add_argument("--teacher", help="sweep / evaluate: the stage-1 teacher model folder from the main phase")
     ap.add_argument("--steps", type=Path, help="a study-*.json whose recorded step counts to replay")
     ap.add_argument("--teacher-budget", type=float, default=180.0, help="seconds of stage-1 training")
     ap.add_argument("--budget", type=float, default=35.0, help="seconds per student run (recovery, then CD)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-eval", action="store_true", help="train and export only (score later: evaluate)")
+    ap.add_argument("--study", type=Path, help="evaluate: the study-*.json whose pending students to score")
     ap.add_argument("--dry-run", action="store_true", help="2 steps per run: check the pipeline end to end")
     args = ap.parse_args()
     if args.dry_run:
@@ -199,26 +215,40 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
+    if args.phase == "evaluate":
+        if not args.study:
+            ap.error("evaluate needs --study (a study-*.json written with --skip-eval)")
+        evaluate_pending(args.study, root, device)
+        return
     steps = {}
     if args.steps:
         steps = {k: v["steps"] for k, v in json.loads(args.steps.read_text())["runs"].items()}
-    runs: dict[str, dict] = {}
-    students: dict[str, str] = {}
+    study = root / f"study-{args.phase}.json"
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    results |= {"runs": {}, "students": {}, "pending": {}}
+    runs = results["runs"]
+
+    def save() -> None:  # after every run, so a cut-off call still leaves what finished
+        study.write_text(json.dumps(results, indent=1, default=str))
+
+    def add_student(name: str, model: dict | str) -> None:
+        results["pending"][name] = export(student(name, model, teacher, args.budget, steps, root, args.seed, runs))
+        save()
+
     if args.phase == "main":
         dense = {"preset": "world", "mla": False}
         runs["teacher"] = train(
             "teacher", teacher_forcing(root, dense, 3e-4, args.seed), args.teacher_budget, 4, steps, root
         )
         teacher = str(root / "teacher")
-        teacher_dir = teacher_model_dir(root / "teacher")
-        save_model(load_model(teacher_dir, dtype=torch.bfloat16), root / "teacher-model", load_metadata(teacher_dir))
-        students["dense"] = student(
-            "dense", {"checkpoint": teacher}, teacher, args.budget, steps, root, args.seed, runs
-        )
+        to_bf16(teacher_model_dir(root / "teacher"), root / "teacher-model")
+        save()
+        add_student("dense", {"checkpoint": teacher})
         for init in ("svd", "random"):
-            students[f"mla-{init}"] = student(
-                f"mla-{init}", mla_model(teacher, init), teacher, args.budget, steps, root, args.seed, runs
-            )
+            add_student(f"mla-{init}", mla_model(teacher, init))
+        for run in ("mla-svd-tf", "mla-random-tf", "teacher"):
+            results[f"rank_{run}"] = rank(root, run)
+        save()
     else:
         if not args.teacher:
             ap.error("sweep needs --teacher (the teacher-model folder of the main phase)")
@@ -226,21 +256,35 @@ def main() -> None:
         variants = {"dc8": {"kv_latent_dim": 8}, "dc16": {"kv_latent_dim": 16}, "dc64": {"kv_latent_dim": 64}}
         variants |= {"dc128": {"kv_latent_dim": 128}, "rope8": {"rope_head_dim": 8}, "rope32": {"rope_head_dim": 32}}
         for name, dims in variants.items():
-            model = mla_model(teacher, "svd", **dims)
-            students[name] = student(name, model, teacher, args.budget, steps, root, args.seed, runs)
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
-    results["runs"] = runs
-    results["real_clips"] = real_clip_scores()
-    results["students"] = {}
-    for name, path in students.items():
-        results["students"][name] = rollout_scores(teacher_model_dir(Path(path)), device, (1000, 750, 500, 250))
-        print(f"[eval {name}] {json.dumps(results['students'][name])}", flush=True)
-    if args.phase == "main":
+            add_student(name, mla_model(teacher, "svd", **dims))
+    if not args.skip_eval:
+        evaluate_pending(study, root, device)
+    print(f"wrote {study}")
+
+
+def export(run: str) -> str:
+    """The run's final model as a bf16 safetensors folder ``<run>-model`` (what is shipped and scored)."""
+    return str(to_bf16(teacher_model_dir(Path(run)), Path(f"{run}-model")))
+
+
+def to_bf16(source: str, target: Path) -> Path:
+    metadata = {k: v for k, v in load_metadata(source).items() if k not in RESERVED_METADATA}
+    return save_model(load_model(source, dtype=torch.bfloat16), target, metadata)
+
+
+def evaluate_pending(study: Path, root: Path, device: torch.device) -> None:
+    """Score every pending student of a study file (and the 8-step teacher, for the main phase)."""
+    results = json.loads(study.read_text())
+    if "real_clips" not in results:
+        results["real_clips"] = real_clip_scores()
+    if "rank_teacher" in results and "teacher_8_steps" not in results:
         results["teacher_8_steps"] = rollout_scores(str(root / "teacher-model"), device, TEACHER_STEPS)
-        for run in ("mla-svd-tf", "mla-random-tf", "teacher"):
-            results[f"rank_{run}"] = rank(root, run)
-    (root / f"study-{args.phase}.json").write_text(json.dumps(results, indent=1, default=str))
-    print(f"wrote {root / f'study-{args.phase}.json'}")
+    for name, path in list(results["pending"].items()):
+        results["students"][name] = rollout_scores(path, device, (1000, 750, 500, 250))
+        del results["pending"][name]
+        print(f"[eval {name}] {json.dumps(results['students'][name])}", flush=True)
+        study.write_text(json.dumps(results, indent=1, default=str))
+    study.write_text(json.dumps(results, indent=1, default=str))
 
 
 def rank(root: Path, run: str) -> dict:

@@ -34,7 +34,7 @@ from conftest import tiny_model
 
 H, W, FPS = 24, 32, 8  # pixel codec stride 2: 12x16 latents, 6x8 = 48 tokens per frame
 META = {
-    "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0},
+    "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
     "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
     "video": {"height": H, "width": W, "fps": FPS},
     "stream": {"frames_per_chunk": 3, "sink_frames": 1, "window_frames": 6, "rope_mode": "window-relative"},

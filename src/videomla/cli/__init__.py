@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommand modules under videomla.cli, in the order ``videomla --help`` lists them.
-COMMANDS = ("info", "rank", "generate", "train", "bench", "convert")
+COMMANDS = ("info", "rank", "generate", "train", "evaluate", "bench", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,9 @@ class ModelSection:
     mla: bool = False  # VideoMLA self-attention: convert the checkpoint (videomla.convert), or a random MLA init
     mla_layers: list[int] | None = None  # layers to convert (None: all)
     mla_init: Literal["svd", "random"] = "svd"  # how a converted checkpoint's MLA projections start
+    mla_kv_latent_dim: int | None = None  # d_c (None: the paper's ratio, width / 8)
+    mla_q_latent_dim: int | None = None  # d_q (None: width / 2)
+    mla_rope_head_dim: int | None = None  # RoPE channels per head (None: head dim / 4); NoPE = the rest
 
     def __post_init__(self) -> None:
         if self.preset is None and self.checkpoint is None:

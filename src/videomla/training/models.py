@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import preset
+from ..config import MLAConfig, ModelConfig, preset
 from ..model import CausalWanModel
 from .config import ModelSection
 from .distributed import reshard
@@ -49,7 +49,8 @@ def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict 
         assert section.preset is not None  # ModelSection validated it
         cfg = preset(section.preset)
         if section.mla:
-            cfg = cfg.with_mla(layers=None if section.mla_layers is None else tuple(section.mla_layers))
+            layers = None if section.mla_layers is None else tuple(section.mla_layers)
+            cfg = cfg.with_mla(mla_dims(cfg, section), layers=layers)
         model = CausalWanModel(cfg)
     return model.float().train(), report
 
@@ -60,8 +61,24 @@ def convert_to_mla(model: CausalWanModel, section: ModelSection, seed: int) -> t
 
     layers = None if section.mla_layers is None else tuple(section.mla_layers)
     generator = torch.Generator().manual_seed(seed)
-    converted, report = convert(model, layers=layers, init=section.mla_init, generator=generator, progress=True)
+    converted, report = convert(
+        model,
+        mla_dims(model.config, section),
+        layers=layers,
+        init=section.mla_init,
+        generator=generator,
+        progress=True,
+    )
     return converted, report.to_dict()
+
+
+def mla_dims(cfg: ModelConfig, section: ModelSection) -> MLAConfig:
+    """The MLA dimensions a config section asks for (the paper's ratios where it is silent)."""
+    from ..convert import mla_config_for
+
+    return mla_config_for(
+        cfg, d_c=section.mla_kv_latent_dim, d_q=section.mla_q_latent_dim, rope_dim=section.mla_rope_head_dim
+    )
 
 
 def load_frozen(path: str, which: str, dtype: torch.dtype) -> CausalWanModel:
