@@ -291,7 +291,7 @@ def rank(root: Path, run: str) -> dict:
     """``videomla rank`` over a run's exported checkpoints (its rank-over-training), plots included."""
     ckpts = sorted(str(c) for c in (root / run / "checkpoints").glob("step_*/model"))
     out = root / f"rank-{run}"
-    if videomla_cli(["rank", *ckpts, "--out", str(out), "--rank", "32", "--no-plots"]) != 0:
+    if videomla_cli(["rank", *ckpts, "--out", str(out), "--rank", "32"]) != 0:
         raise RuntimeError(f"videomla rank failed on {run}")
     return json.loads((out / "ranks.json").read_text())
 
