@@ -11,7 +11,7 @@ pack() {  # at most 8 files come back: the log, one tar of the small files, one 
 }
 trap pack EXIT
 if [ "$PHASE" = main ]; then
-  timeout 530 python3 scripts/reproduce.py main --out $R --teacher-budget 150 --budget 30 --skip-eval 2>&1 | grep -v "it/s\]" | tee $OUT/main.log
+  timeout 530 python3 scripts/reproduce.py main --out $R --teacher-budget 250 --budget 30 --skip-eval 2>&1 | grep -v "it/s\]" | tee $OUT/main.log
 else
   T=$R/teacher-model; [ -f $T/model.safetensors ] || T=carry/teacher-model
   timeout 530 python3 scripts/reproduce.py sweep --out $R --teacher $T --budget 30 --skip-eval 2>&1 | grep -v "it/s\]" | tee $OUT/sweep.log

@@ -85,7 +85,8 @@ def consistency(out: Path, student: str, teacher: str, seed: int) -> dict:
     return cfg
 
 
-PROBE_STEPS = 20  # steps timed before a budgeted run is sized
+PROBE_STEPS = 20  # steps run before a budgeted run is sized; the ones after the warm-up are timed
+WARMUP_STEPS = 5
 MIN_STEPS = 40
 BATCH = 16
 
@@ -99,13 +100,18 @@ def train(name: str, raw: dict, budget_s: float, snapshots: int, steps: dict[str
     trainer = Trainer(config_from_dict(raw), out)
     start = time.perf_counter()
     try:
-        if name not in steps:  # time a few steps, then size the run to the budget
-            for _ in range(PROBE_STEPS):
+        if name not in steps:  # time a few steps after a warm-up, then size the run to the budget
+            for i in range(PROBE_STEPS):
+                if i == WARMUP_STEPS:
+                    sync()
+                    warm = time.perf_counter()
                 values = trainer.train_step()
                 trainer.logger.log(trainer.step, values)
             sync()
-            per_step = (time.perf_counter() - start) / PROBE_STEPS
-            trainer.cfg.steps = max(MIN_STEPS, PROBE_STEPS + 1, int(budget_s / per_step))
+            now = time.perf_counter()
+            per_step = (now - warm) / (PROBE_STEPS - WARMUP_STEPS)
+            left = budget_s - (now - start)
+            trainer.cfg.steps = max(MIN_STEPS, PROBE_STEPS + 1, PROBE_STEPS + int(left / per_step))
         trainer.cfg.checkpoint.every = max(1, trainer.cfg.steps // snapshots)
         history = trainer.run()
     finally:
@@ -210,8 +216,9 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="2 steps per run: check the pipeline end to end")
     args = ap.parse_args()
     if args.dry_run:
-        global PROBE_STEPS, MIN_STEPS, BATCH
+        global PROBE_STEPS, WARMUP_STEPS, MIN_STEPS, BATCH
         PROBE_STEPS = MIN_STEPS = BATCH = 2
+        WARMUP_STEPS = 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
@@ -232,7 +239,8 @@ def main() -> None:
         study.write_text(json.dumps(results, indent=1, default=str))
 
     def add_student(name: str, model: dict | str) -> None:
-        results["pending"][name] = export(student(name, model, teacher, args.budget, steps, root, args.seed, runs))
+        # a folder name under --out, so the study can be scored on another machine after copying --out
+        results["pending"][name] = export(student(name, model, teacher, args.budget, steps, root, args.seed, runs)).name
         save()
 
     if args.phase == "main":
@@ -253,8 +261,8 @@ def main() -> None:
         if not args.teacher:
             ap.error("sweep needs --teacher (the teacher-model folder of the main phase)")
         teacher = args.teacher
-        variants = {"dc8": {"kv_latent_dim": 8}, "dc16": {"kv_latent_dim": 16}, "dc64": {"kv_latent_dim": 64}}
-        variants |= {"dc128": {"kv_latent_dim": 128}, "rope8": {"rope_head_dim": 8}, "rope32": {"rope_head_dim": 32}}
+        variants = {"dc8": {"kv_latent_dim": 8}, "dc16": {"kv_latent_dim": 16}, "dc64": {"kv_latent_dim": 64}}  # + main: 32
+        variants |= {"rope8": {"rope_head_dim": 8}, "rope32": {"rope_head_dim": 32}}  # main: 16 of 64
         for name, dims in variants.items():
             add_student(name, mla_model(teacher, "svd", **dims))
     if not args.skip_eval:
@@ -262,9 +270,9 @@ def main() -> None:
     print(f"wrote {study}")
 
 
-def export(run: str) -> str:
+def export(run: str) -> Path:
     """The run's final model as a bf16 safetensors folder ``<run>-model`` (what is shipped and scored)."""
-    return str(to_bf16(teacher_model_dir(Path(run)), Path(f"{run}-model")))
+    return to_bf16(teacher_model_dir(Path(run)), Path(f"{run}-model"))
 
 
 def to_bf16(source: str, target: Path) -> Path:
@@ -280,7 +288,7 @@ def evaluate_pending(study: Path, root: Path, device: torch.device) -> None:
     if "rank_teacher" in results and "teacher_8_steps" not in results:
         results["teacher_8_steps"] = rollout_scores(str(root / "teacher-model"), device, TEACHER_STEPS)
     for name, path in list(results["pending"].items()):
-        results["students"][name] = rollout_scores(path, device, (1000, 750, 500, 250))
+        results["students"][name] = rollout_scores(str(root / Path(path).name), device, (1000, 750, 500, 250))
         del results["pending"][name]
         print(f"[eval {name}] {json.dumps(results['students'][name])}", flush=True)
         study.write_text(json.dumps(results, indent=1, default=str))

@@ -13,6 +13,7 @@ from videomla.attention import AttentionContext, MLASelfAttention, absorb_thresh
 from videomla.cache import KVFootprint
 from videomla.cli import main
 from videomla.config import MLAConfig, ModelConfig, StreamConfig, preset
+from videomla.model import CausalWanModel
 from videomla.rope import Rotary3D, apply_rope
 
 from conftest import rel_err, tiny_model
@@ -173,3 +174,16 @@ def test_bad_mla_configs():
         preset("tiny").with_mla(
             MLAConfig(kv_latent_dim=8, q_latent_dim=8, nope_head_dim=12, rope_head_dim=20, rope_pairs=(2, 7, 1))
         )
+
+
+def test_info_describes_every_kind_of_layer_of_a_mixed_checkpoint(tmp_path, capsys):
+    from videomla.checkpoint import save_model
+
+    cfg = preset("tiny").with_mla(layers=(0,))
+    save_model(CausalWanModel(cfg), tmp_path / "mixed")
+    assert main(["info", "--checkpoint", str(tmp_path / "mixed"), "--height", "64", "--width", "64"]) == 0
+    text = capsys.readouterr().out
+    mla = KVFootprint.of(CausalWanModel(cfg).cache_specs(torch.bfloat16), cfg.dim, torch.bfloat16, StreamConfig(), 1)
+    mla = mla.numbers_per_token_per_layer[0]
+    assert f"{mla} numbers in 1 layers" in text and f"{2 * cfg.dim} numbers in {cfg.num_layers - 1} layers" in text
+    assert "KiB" in text  # a small cache is not printed as 0.000 GiB

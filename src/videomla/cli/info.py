@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 
 import torch
@@ -67,6 +68,7 @@ def describe(cfg: ModelConfig, args: argparse.Namespace) -> dict:
             "dtype": args.dtype,
             "latent_fp8": args.kv_fp8,
             "numbers_per_token_per_layer": fp.numbers_per_token_per_layer[0],
+            "numbers_per_token_by_layer": list(fp.numbers_per_token_per_layer),
             "dense_numbers_per_token_per_layer": 2 * cfg.dim,
             "bytes_per_token_per_layer": fp.bytes_per_token_per_layer[0],
             "payload_bytes_per_token_per_layer": fp.payload_bytes_per_token_per_layer[0],
@@ -134,14 +136,28 @@ def run(args: argparse.Namespace) -> int:
         f"  window: {st['sink_frames']} sink + {st['window_frames']} recent cached frames "
         f"+ {st['frames_per_chunk']}-frame chunk = {st['attended_frames']} attended ({st['rope_mode']} RoPE)"
     )
+    by_layer = Counter(kv["numbers_per_token_by_layer"])
+    if len(by_layer) == 1:
+        print(
+            f"  KV cache per token per layer: {kv['numbers_per_token_per_layer']} numbers "
+            f"(dense {kv['dense_numbers_per_token_per_layer']}), {kv['bytes_per_token_per_layer']} bytes at "
+            f"{args.dtype}" + (" with fp8 latents" if kv["latent_fp8"] else "")
+        )
+    else:  # a mixed model: say what each kind of layer caches
+        kinds = ", ".join(f"{n} numbers in {count} layers" for n, count in sorted(by_layer.items()))
+        print(f"  KV cache per token: {kinds} (dense {kv['dense_numbers_per_token_per_layer']} per layer)")
     print(
-        f"  KV cache per token per layer: {kv['numbers_per_token_per_layer']} numbers "
-        f"(dense {kv['dense_numbers_per_token_per_layer']}), {kv['bytes_per_token_per_layer']} bytes at {args.dtype}"
-        + (" with fp8 latents" if kv["latent_fp8"] else "")
-    )
-    print(
-        f"  cache for {kv['cached_tokens']:,} tokens x {c['num_layers']} layers: {kv['total_bytes'] / 2**30:.3f} GiB "
-        f"(dense {kv['dense_total_bytes'] / 2**30:.3f} GiB): {100 * kv['reduction']:.1f}% less"
+        f"  cache for {kv['cached_tokens']:,} tokens x {c['num_layers']} layers: {human_bytes(kv['total_bytes'])} "
+        f"(dense {human_bytes(kv['dense_total_bytes'])}): {100 * kv['reduction']:.1f}% less"
         + (f" ({100 * kv['payload_reduction']:.1f}% less counting values only)" if kv["latent_fp8"] else "")
     )
     return 0
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (a tiny model's cache is KiB, Wan's GiB)."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.3f} GiB"
