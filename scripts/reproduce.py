@@ -261,8 +261,12 @@ def main() -> None:
         if not args.teacher:
             ap.error("sweep needs --teacher (the teacher-model folder of the main phase)")
         teacher = args.teacher
-        variants = {"dc8": {"kv_latent_dim": 8}, "dc16": {"kv_latent_dim": 16}, "dc64": {"kv_latent_dim": 64}}  # + main: 32
-        variants |= {"rope8": {"rope_head_dim": 8}, "rope32": {"rope_head_dim": 32}}  # main: 16 of 64
+        variants = {
+            "dc8": {"kv_latent_dim": 8},
+            "dc16": {"kv_latent_dim": 16},
+            "dc64": {"kv_latent_dim": 64},
+        }  # + main: 32
+        variants |= {"rope8": {"rope_head_dim": 8}, "rope32": {"rope_head_dim": 32}}
         for name, dims in variants.items():
             add_student(name, mla_model(teacher, "svd", **dims))
     if not args.skip_eval:

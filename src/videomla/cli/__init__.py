@@ -32,4 +32,3 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: say what is wrong in one line, not a traceback from deep inside torch.
         print(f"videomla {args.command}: error: {err}", file=sys.stderr)
         return 2
-
