@@ -17,9 +17,9 @@ R=/tmp/multi
   $V train configs/world-1-teacher-forcing.yaml --out $R/tf-1gpu $S &&
   $T train configs/world-2-consistency.yaml --out $R/cd-2gpu $S --set model.checkpoint=$R/tf-2gpu --set teacher.checkpoint=$R/tf-2gpu &&
   $T train configs/world-3-dmd.yaml --out $R/dmd-2gpu $S --set steps=10 --set checkpoint.every=5 --set model.checkpoint=$R/cd-2gpu --set teacher.checkpoint=$R/tf-2gpu --set activation_checkpointing=true &&
-  $V generate --checkpoint $R/dmd-2gpu --prompt "a large red circle bouncing" --seconds 10 --out $R/smoke.gif &&
-  python3 scripts/compare_losses.py $R/tf-1gpu/metrics.csv $R/tf-2gpu/metrics.csv
-} 2>&1 | grep -v "it/s\]" | tee $OUT/multi-gpu.log
+  python3 scripts/compare_losses.py $R/tf-1gpu/metrics.csv $R/tf-2gpu/metrics.csv &&
+  $V generate --checkpoint $R/dmd-2gpu --prompt "a large red circle bouncing" --seconds 10 --out $R/smoke.gif
+} 2>&1 | grep --line-buffered -v "it/s\]" | tee $OUT/multi-gpu.log
 rc=$?
 cd $R && tar czf $OUT/multi-gpu-runs.tar.gz */metrics.csv */config.yaml smoke.gif 2>/dev/null
 exit $rc

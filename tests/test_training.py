@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from videomla.checkpoint import load_model, save_model
 from videomla.cli import main as cli_main
 from videomla.config import StreamConfig, preset
+from videomla.pipeline import resolve_checkpoint
 from videomla.sampler import LatentGeometry, stream_latents
 from videomla.schedule import warp_steps
 from videomla.training.checkpointing import latest_checkpoint, list_checkpoints
@@ -412,6 +413,7 @@ def test_cli_trains_exports_and_the_export_loads(workspace: dict, tmp_path: Path
     meta = json.loads((exported / "config.json").read_text())
     assert meta["stream"] == {**STREAM, "rope_mode": "window-relative"} and meta["training"]["step"] == 2
     assert resolve_checkpoint_path(out) == exported  # stage 2/3 configs may name a run folder
+    assert resolve_checkpoint(out) == exported  # and so may `videomla generate --checkpoint`
     model = load_model(exported)
     trained = load_file(exported.parent / "generator.safetensors")
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

@@ -305,9 +305,11 @@ def recache(model: CausalWanModel, cache: StreamingCache, history: LatentHistory
 
 # -- the pipeline --------------------------------------------------------------------------------
 def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
-    """``None`` -> the embedded default model, which must exist."""
+    """``None`` -> the embedded default model, which must exist; a training run folder -> its newest export."""
     if checkpoint is not None:
-        return Path(checkpoint)
+        from .training.models import resolve_checkpoint_path
+
+        return resolve_checkpoint_path(checkpoint)
     if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"no default model is installed yet (expected {DEFAULT_CHECKPOINT}/model.safetensors + config.json); "
