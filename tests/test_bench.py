@@ -16,7 +16,7 @@ from videomla.attention.common import fast_kernels
 from videomla.benchmark import VARIANTS, ForwardShape, forward_flops, parse_variants, validate
 from videomla.benchmark.measure import advance_cache
 from videomla.benchmark.report import markdown, targets
-from videomla.benchmark.runner import latent_frames, video_frames
+from videomla.benchmark.runner import Bench, latent_frames, video_frames
 from videomla.benchmark.vae import StreamingVAEDecoder, random_wan_vae, set_layout
 from videomla.cli import main
 from videomla.config import ModelConfig, StreamConfig, preset
@@ -225,3 +225,12 @@ def test_cli_bad_input(args, message, capsys):
     base = ["bench", "--preset", "tiny", "--device", "cpu", "--no-vae", "--quiet"]
     assert main(base + args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_memory_is_flat_when_peak_allocated_stays_within_one_percent():
+    def point(peak, reserved):
+        return {"peak_allocated": peak, "reserved": reserved, "segments": 1}
+
+    assert Bench.is_flat({"5s": point(100, 200), "300s": point(100.5, 260)})  # reserved is not judged
+    assert not Bench.is_flat({"5s": point(100, 200), "300s": point(103, 200)})
+    assert Bench.is_flat({"5s": point(None, None), "300s": point(100, 200)}) is None

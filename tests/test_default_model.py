@@ -31,7 +31,12 @@ def test_default_model_is_shipped_small_and_mla():
     assert (DEFAULT_CHECKPOINT / "model.safetensors").stat().st_size <= 20 * 2**20
     model = load_model(DEFAULT_CHECKPOINT)
     assert len(model.mla_layers()) == len(model.blocks)
-    assert meta["stream"] == {"frames_per_chunk": 3, "sink_frames": 1, "window_frames": 6, "rope_mode": "window-relative"}
+    assert meta["stream"] == {
+        "frames_per_chunk": 3,
+        "sink_frames": 1,
+        "window_frames": 6,
+        "rope_mode": "window-relative",
+    }
 
 
 def test_default_model_scores_well_above_a_random_model_of_its_size(tmp_path):

@@ -245,16 +245,20 @@ def markdown(report: dict) -> str:
         "Peak GPU memory (GiB, allocated, model + VAE + cache + activations) after streaming to each point; "
         "'ff' = cache carried there by the stream's own commits without model forwards, then chunks run.",
         "",
-        "| variant | cache (GiB) | " + " | ".join(horizons) + " | flat |",
-        "|---|---|" + "---|" * len(horizons) + "---|",
+        "| variant | cache (GiB) | " + " | ".join(horizons) + " | flat | reserved GiB, first -> last |",
+        "|---|---|" + "---|" * len(horizons) + "---|---|",
     ]
     for v in report["variants"]:
         cells = []
         for h in horizons:
             p = v["memory"][h]
             cells.append(_gib(p["peak_allocated"]) + (" (ff)" if p["method"] == "fast-forwarded" else ""))
+        points = list(v["memory"].values())
+        reserved = f"{_gib(points[0].get('reserved'))} -> {_gib(points[-1].get('reserved'))}" if points else "n/a"
         lines.append(
-            f"| {v['name']} | {_gib(v['cache_allocated_bytes'])} | " + " | ".join(cells) + f" | {v['memory_flat']} |"
+            f"| {v['name']} | {_gib(v['cache_allocated_bytes'])} | "
+            + " | ".join(cells)
+            + f" | {v['memory_flat']} | {reserved} |"
         )
     batched = [(v["name"], b) for v in report["variants"] for b in v["batched"]]
     if batched:

@@ -365,11 +365,12 @@ class Bench:
 
     @staticmethod
     def is_flat(memory: dict) -> bool | None:
+        """Peak allocated bytes within 1% at every horizon. Reserved bytes are reported beside it but
+        not judged: the caching allocator may keep one more segment without the stream needing it."""
         peaks = [p["peak_allocated"] for p in memory.values()]
         if any(p is None for p in peaks):
             return None
-        segments = {p["segments"] for p in memory.values()}
-        return max(peaks) <= 1.01 * min(peaks) and len(segments) == 1
+        return max(peaks) <= 1.01 * min(peaks)
 
     # -- batched streams and concurrency ------------------------------------------------------------
     def steady_cache(self, model, variant, batch: int) -> StreamingCache:
