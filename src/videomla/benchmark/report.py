@@ -96,8 +96,9 @@ def _git(*args: str) -> str | None:
 
 def provenance(device: torch.device, argv: list[str]) -> dict:
     """Who ran what where: date, command, commit (``VIDEOMLA_GIT_COMMIT`` where no .git travels), versions."""
-    commit = _git("rev-parse", "HEAD") or os.environ.get("VIDEOMLA_GIT_COMMIT", "unknown")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    pinned = os.environ.get("VIDEOMLA_GIT_COMMIT")  # wins: a copied tree may carry a stale .git
+    commit = pinned or _git("rev-parse", "HEAD") or "unknown"
+    status = None if pinned else _git("status", "--porcelain", "--untracked-files=no")
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["videomla", "bench", *argv]),
