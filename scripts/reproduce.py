@@ -204,7 +204,7 @@ def student(name, model, teacher, budget, steps, root, seed, runs) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=("main", "sweep", "evaluate"))
+    ap.add_argument("phase", choices=("main", "sweep", "evaluate", "report", "figure"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--teacher", help="sweep / evaluate: the stage-1 teacher model folder from the main phase")
     ap.add_argument("--steps", type=Path, help="a study-*.json whose recorded step counts to replay")
@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-eval", action="store_true", help="train and export only (score later: evaluate)")
     ap.add_argument("--study", type=Path, help="evaluate: the study-*.json whose pending students to score")
+    ap.add_argument("--figure-out", type=Path, default=Path("docs/reproduction/samples.png"))
     ap.add_argument("--dry-run", action="store_true", help="2 steps per run: check the pipeline end to end")
     args = ap.parse_args()
     if args.dry_run:
@@ -222,6 +223,12 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
+    if args.phase == "figure":
+        print(f"wrote {figure(root, args.figure_out)}")
+        return
+    if args.phase == "report":
+        print(report([json.loads((root / f"study-{p}.json").read_text()) for p in ("main", "sweep")]))
+        return
     if args.phase == "evaluate":
         if not args.study:
             ap.error("evaluate needs --study (a study-*.json written with --skip-eval)")
@@ -313,6 +320,53 @@ def teacher_model_dir(run: Path) -> str:
     from videomla.training.models import resolve_checkpoint_path
 
     return str(resolve_checkpoint_path(run))
+
+
+FIGURE_FRAMES = (0, 10, 20, 60, 125, 250)  # 1x ends at 21 frames, 6x at 126, 12x at 252
+FIGURE_ROWS = {"dense": "dense-cd-model", "mla-svd": "mla-svd-cd-model", "rope32": "rope32-cd-model"}
+
+
+@torch.no_grad()
+def figure(root: Path, out: Path, prompt_index: int = 0) -> Path:
+    """One evaluation prompt: the real clip and each student's rollout (noise seed 0), frames along 12x."""
+    from PIL import Image
+
+    prompt = eval_prompts()[prompt_index]
+    rows = [render(clip_params_at(EVAL_SEED, prompt_index), HORIZONS["12x"])]
+    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
+    for folder in FIGURE_ROWS.values():
+        model = load_model(root / folder, dtype=torch.float32)
+        text = model.embed_text(HashTextEncoder(model.config.text_dim).encode([prompt]))
+        chunks = HORIZONS["12x"] // STREAM["frames_per_chunk"]
+        gen = torch.Generator().manual_seed(0)
+        latents = stream_latents(
+            model, text, LatentGeometry(48, 16, 16), StreamConfig(**STREAM), chunks, generator=gen, batch=1
+        )
+        rows.append(codec.decode(torch.cat(list(latents), dim=2))[0])
+    frames = [torch.cat([v[:, f] for f in FIGURE_FRAMES], dim=-1) for v in rows]  # [3, 64, 64 * n]
+    grid = ((torch.cat(frames, dim=-2).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out)
+    return out
+
+
+def report(studies: list[dict]) -> str:
+    """The markdown tables of docs/reproduction.md, from the study files (nothing typed by hand)."""
+    lines = ["| run | device | steps | seconds | final loss |", "|---|---|---|---|---|"]
+    for s in studies:
+        for name, r in s["runs"].items():
+            lines.append(f"| {name} | {s['device']} | {r['steps']} | {r['seconds']:.0f} | {r['final']['loss']:.4f} |")
+    rows = {"real clips": studies[0]["real_clips"], "teacher, 8 steps": studies[0]["teacher_8_steps"]}
+    rows |= {name: scores for s in studies for name, scores in s["students"].items()}
+    lines += ["", "| model | KV numbers / token / layer | " + " | ".join(f"overall {h}" for h in HORIZONS)]
+    lines[-1] += " | " + " | ".join(f"{m} 12x" for m in METRICS) + " | CPU FPS |"
+    lines.append("|---" * (3 + len(HORIZONS) + len(METRICS)) + "|")
+    for name, r in rows.items():
+        kv = r.get("kv_numbers_per_token_per_layer", "-")
+        fps = f"{r['speed']['fps']:.1f}" if "speed" in r else "-"
+        cells = [f"{r[h]['overall']:.3f}" for h in HORIZONS] + [f"{r['12x'][m]:.3f}" for m in METRICS]
+        lines.append(f"| {name} | {kv} | " + " | ".join(cells) + f" | {fps} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
