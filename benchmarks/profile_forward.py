@@ -31,7 +31,9 @@ def main() -> None:
     report = []
     models = {}
     for variant in parse_variants(args.variants):
-        model = models.get(variant.attention) or models.setdefault(variant.attention, build_model(setup, variant.attention))
+        if variant.attention not in models:
+            models[variant.attention] = build_model(setup, variant.attention)
+        model = models[variant.attention]
         if variant.attention == "mla":
             model.set_mla_path(variant.mla_path)
             model.set_kv_dtype(variant.kv_dtype)

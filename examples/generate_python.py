@@ -1,9 +1,11 @@
 """Generate a video from Python: one call, or a reusable Pipeline with a prompt switch.
 
+    python examples/generate_python.py            # the embedded default model, on CPU in seconds
     python examples/generate_python.py --checkpoint PATH [--vae DIR --text-encoder DIR]
     python examples/generate_python.py --demo     # a tiny random model: noise, but every step runs
 
-Without --checkpoint the embedded default model is used (an error says so if it is not installed).
+The default model was trained on the procedural world (docs/world.md), so its prompts name shapes,
+colours and sizes; a Wan2.1 checkpoint takes any prompt.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main() -> None:
 
     # 1. One call: frames arrive chunk by chunk while the mp4 is written.
     for chunk in videomla.generate(
-        "a paper boat drifting down a river",
+        "a large red circle and a small blue square bouncing",
         seconds=3,
         checkpoint=checkpoint,
         out=f"{args.out}.mp4",
@@ -56,14 +58,14 @@ def main() -> None:
 
     # 2. Load once, generate several videos; switch prompts at 2 s and rebuild the cache there.
     pipe = Pipeline.from_checkpoint(checkpoint, vae=args.vae, text_encoder=args.text_encoder)
-    prompts = [("a calm sea at dawn", 0.0), ("a storm over the sea", 2.0)]
+    prompts = [("a large yellow triangle bouncing", 0.0), ("a small cyan circle bouncing", 2.0)]
     current = None
     for chunk in pipe.stream(prompts, seconds=4, recache=True, out=f"{args.out}.gif", seed=0):
         if chunk.prompt != current:
             current = chunk.prompt
             print(f"from chunk {chunk.index} (frame {chunk.start_frame}): {chunk.prompt!r}")
     print(pipe.stats.summary())
-    for _ in pipe.stream("a lighthouse", seconds=4, out=f"{args.out}.png", seed=0, grid_frames=9):
+    for _ in pipe.stream("a large white square bouncing", seconds=4, out=f"{args.out}.png", seed=0, grid_frames=9):
         pass
     print(f"wrote {args.out}.mp4, {args.out}.gif and {args.out}.png")
     tmp.cleanup()

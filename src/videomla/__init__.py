@@ -1,6 +1,7 @@
 """VideoMLA: minute-scale streaming video diffusion with a low-rank latent KV cache."""
 
 from .cache import KVFootprint, StreamingCache
+from .checkpoint import load_model, save_model
 from .config import MLAConfig, ModelConfig, StreamConfig, preset
 from .model import CausalWanModel
 from .pipeline import GenerationSpec, Pipeline, generate
@@ -19,6 +20,8 @@ __all__ = [
     "StreamConfig",
     "StreamingCache",
     "generate",
+    "load_model",
     "preset",
+    "save_model",
     "stream_latents",
 ]
