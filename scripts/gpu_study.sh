@@ -1,5 +1,6 @@
 # The device command of the reproduction study (docs/reproduction.md): `bash scripts/gpu_study.sh`.
-# Trains the main phase (teacher, dense / MLA-SVD / MLA-random students), then the d_c / RoPE sweep,
+# `main`: the teacher and dense / MLA-SVD / MLA-random students; `sweep`: the d_c / RoPE sweep;
+# `default`: only the shipped default model (teacher + rope32 student, the study's step counts);
 # each run sized by a wall-clock budget; scoring runs here too unless a phase runs out of time
 # (then `python scripts/reproduce.py evaluate --study ...` finishes it on any machine).
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -12,6 +13,9 @@ pack() {  # at most 8 files come back: the log, one tar of the small files, one 
 trap pack EXIT
 if [ "$PHASE" = main ]; then
   timeout 530 python3 scripts/reproduce.py main --out $R --teacher-budget 250 --budget 30 --skip-eval 2>&1 | grep -v "it/s\]" | tee $OUT/main.log
+elif [ "$PHASE" = default ]; then  # the embedded default model in one call, replaying the study's step counts
+  S="--steps docs/reproduction/study-main.json docs/reproduction/study-sweep.json"
+  timeout 530 python3 scripts/reproduce.py default --out $R $S --skip-eval 2>&1 | grep -v "it/s\]" | tee $OUT/default.log
 else
   T=$R/teacher-model; [ -f $T/model.safetensors ] || T=carry/teacher-model
   timeout 530 python3 scripts/reproduce.py sweep --out $R --teacher $T --budget 30 --skip-eval 2>&1 | grep -v "it/s\]" | tee $OUT/sweep.log

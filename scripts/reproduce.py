@@ -3,6 +3,7 @@
     python scripts/reproduce.py main  --out runs/repro            # teacher, dense / MLA-SVD / MLA-random students
     python scripts/reproduce.py sweep --out runs/repro --teacher runs/repro/teacher-model
     python scripts/reproduce.py main  --out runs/repro --steps runs/repro/study-main.json   # replay exact steps
+    python scripts/reproduce.py default --out runs/default     # only what the shipped default model needs
 
 Every model is a ``world`` preset (~6 M parameters) trained on the procedural world with the
 project's own trainer (``videomla.training``). Runs are sized by a wall-clock budget per run on the
@@ -204,10 +205,10 @@ def student(name, model, teacher, budget, steps, root, seed, runs) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=("main", "sweep", "evaluate", "report", "figure"))
+    ap.add_argument("phase", choices=("main", "sweep", "default", "evaluate", "report", "figure"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--teacher", help="sweep / evaluate: the stage-1 teacher model folder from the main phase")
-    ap.add_argument("--steps", type=Path, help="a study-*.json whose recorded step counts to replay")
+    ap.add_argument("--steps", type=Path, nargs="+", help="study-*.json files whose recorded step counts to replay")
     ap.add_argument("--teacher-budget", type=float, default=180.0, help="seconds of stage-1 training")
     ap.add_argument("--budget", type=float, default=35.0, help="seconds per student run (recovery, then CD)")
     ap.add_argument("--seed", type=int, default=0)
@@ -235,8 +236,8 @@ def main() -> None:
         evaluate_pending(args.study, root, device)
         return
     steps = {}
-    if args.steps:
-        steps = {k: v["steps"] for k, v in json.loads(args.steps.read_text())["runs"].items()}
+    for recorded in args.steps or []:
+        steps |= {k: v["steps"] for k, v in json.loads(recorded.read_text())["runs"].items()}
     study = root / f"study-{args.phase}.json"
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
     results |= {"runs": {}, "students": {}, "pending": {}}
@@ -250,7 +251,7 @@ def main() -> None:
         results["pending"][name] = export(student(name, model, teacher, args.budget, steps, root, args.seed, runs)).name
         save()
 
-    if args.phase == "main":
+    if args.phase in ("main", "default"):
         dense = {"preset": "world", "mla": False}
         runs["teacher"] = train(
             "teacher", teacher_forcing(root, dense, 3e-4, args.seed), args.teacher_budget, 4, steps, root
@@ -258,6 +259,10 @@ def main() -> None:
         teacher = str(root / "teacher")
         to_bf16(teacher_model_dir(root / "teacher"), root / "teacher-model")
         save()
+    if args.phase == "default":  # the shipped model alone: teacher, then the rope32 student as in the sweep
+        teacher = str(root / "teacher-model")
+        add_student("rope32", mla_model(teacher, "svd", rope_head_dim=32))
+    elif args.phase == "main":
         add_student("dense", {"checkpoint": teacher})
         for init in ("svd", "random"):
             add_student(f"mla-{init}", mla_model(teacher, init))
