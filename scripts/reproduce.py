@@ -34,6 +34,7 @@ from videomla.config import StreamConfig
 from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import METRICS, evaluate
 from videomla.sampler import LatentGeometry, stream_latents
+from videomla.schedule import FOUR_STEPS
 from videomla.text import HashTextEncoder
 from videomla.training.config import config_from_dict
 from videomla.training.trainer import Trainer
@@ -136,21 +137,27 @@ def eval_prompts() -> list[str]:
 def rollout_scores(model_dir: str, device: torch.device, steps: tuple[int, ...]) -> dict:
     """Roll out every eval prompt to the 12x horizon in one batch; score the 1x / 6x / 12x prefixes."""
     model = load_model(model_dir, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
     prompts = eval_prompts()
-    dtype = next(model.parameters()).dtype
-    text = model.embed_text(HashTextEncoder(model.config.text_dim).encode(prompts).to(device, dtype))
-    stream = StreamConfig(**STREAM)
-    chunks = HORIZONS["12x"] // stream.frames_per_chunk
-    gen = torch.Generator(device).manual_seed(0)
-    latents = stream_latents(model, text, LatentGeometry(48, 16, 16), stream, chunks, steps, generator=gen, batch=8)
-    video = codec.decode(torch.cat(list(latents), dim=2).float()).cpu()  # [B, 3, T, 64, 64]
-    result = score_horizons(list(video), prompts)
-    result["speed"] = speed(model, stream, device, dtype)
+    result = score_horizons(list(rollout(model, prompts, steps)), prompts)
+    result["speed"] = speed(model, StreamConfig(**STREAM), device, next(model.parameters()).dtype)
     result["kv_numbers_per_token_per_layer"] = sum(
         s.numbers_per_token for s in model.cache_specs(torch.bfloat16)[0].values()
     )
     return result
+
+
+@torch.no_grad()
+def rollout(model, prompts: list[str], steps: tuple[int, ...] = FOUR_STEPS) -> torch.Tensor:
+    """Every prompt streamed to the 12x horizon in one batch (noise seed 0): videos [B, 3, T, 64, 64] on CPU."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    text = model.embed_text(HashTextEncoder(model.config.text_dim).encode(prompts).to(device, dtype))
+    stream = StreamConfig(**STREAM)
+    chunks = HORIZONS["12x"] // stream.frames_per_chunk
+    gen = torch.Generator(device).manual_seed(0)
+    geometry = LatentGeometry(48, 16, 16)
+    latents = stream_latents(model, text, geometry, stream, chunks, steps, generator=gen, batch=len(prompts))
+    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
+    return codec.decode(torch.cat(list(latents), dim=2).float()).cpu()
 
 
 def speed(model, stream: StreamConfig, device: torch.device, dtype: torch.dtype) -> dict:
@@ -304,7 +311,7 @@ def evaluate_pending(study: Path, root: Path, device: torch.device) -> None:
     if "rank_teacher" in results and "teacher_8_steps" not in results:
         results["teacher_8_steps"] = rollout_scores(str(root / "teacher-model"), device, TEACHER_STEPS)
     for name, path in list(results["pending"].items()):
-        results["students"][name] = rollout_scores(str(root / Path(path).name), device, (1000, 750, 500, 250))
+        results["students"][name] = rollout_scores(str(root / Path(path).name), device, FOUR_STEPS)
         del results["pending"][name]
         print(f"[eval {name}] {json.dumps(results['students'][name])}", flush=True)
         study.write_text(json.dumps(results, indent=1, default=str))
@@ -338,16 +345,8 @@ def figure(root: Path, out: Path, prompt_index: int = 0) -> Path:
 
     prompt = eval_prompts()[prompt_index]
     rows = [render(clip_params_at(EVAL_SEED, prompt_index), HORIZONS["12x"])]
-    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
     for folder in FIGURE_ROWS.values():
-        model = load_model(root / folder, dtype=torch.float32)
-        text = model.embed_text(HashTextEncoder(model.config.text_dim).encode([prompt]))
-        chunks = HORIZONS["12x"] // STREAM["frames_per_chunk"]
-        gen = torch.Generator().manual_seed(0)
-        latents = stream_latents(
-            model, text, LatentGeometry(48, 16, 16), StreamConfig(**STREAM), chunks, generator=gen, batch=1
-        )
-        rows.append(codec.decode(torch.cat(list(latents), dim=2))[0])
+        rows.append(rollout(load_model(root / folder, dtype=torch.float32), [prompt])[0])
     frames = [torch.cat([v[:, f] for f in FIGURE_FRAMES], dim=-1) for v in rows]  # [3, 64, 64 * n]
     grid = ((torch.cat(frames, dim=-2).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
