@@ -74,10 +74,15 @@ def product_singular_values(left: torch.Tensor, right: torch.Tensor) -> torch.Te
 def energy_curve(s: torch.Tensor) -> torch.Tensor:
     """E(k) for k = 1..len(s): the fraction of sum s_i^2 held by the top k singular values."""
     power = s.to(SVD_DTYPE).pow(2)
-    total = power.sum()
+    cumulative = power.cumsum(0)
+    # The total is the cumsum's own last entry, not power.sum(): sum() adds pairwise and cumsum in
+    # order, so the two differ in the last bits and E(len(s)) came out as 0.9999999999999998.
+    # Dividing by the same number makes E(len(s)) exactly 1, and E never exceeds 1 (the cumsum of
+    # non-negative values never decreases).
+    total = cumulative[-1] if len(cumulative) else power.sum()
     if not total > 0:
         raise ValueError("an all-zero matrix has no spectral energy (effective rank undefined)")
-    return (power.cumsum(0) / total).clamp_max(1.0)  # the last sum may round a hair above 1
+    return cumulative / total
 
 
 def effective_rank(s: torch.Tensor, tau: float) -> int:
