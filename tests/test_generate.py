@@ -199,8 +199,10 @@ def test_closing_the_generator_finishes_the_file(pipe, tmp_path, seed):
     assert_same_video(video, np.concatenate(got))
 
 
-def test_exception_mid_stream_leaves_playable_file(pipe, tmp_path, monkeypatch, seed):
+def test_exception_mid_stream_keeps_the_earlier_file(pipe, tmp_path, monkeypatch, seed):
     out = tmp_path / "crash.gif"
+    earlier = collect(pipe.stream("a red ball", 1.5, out=out, seed=seed))  # a good video to keep
+    before = out.read_bytes()
     calls = {"n": 0}
     real = pipe.codec.stream_decoder
 
@@ -220,12 +222,15 @@ def test_exception_mid_stream_leaves_playable_file(pipe, tmp_path, monkeypatch, 
             pass
     from PIL import Image
 
+    assert out.read_bytes() == before  # the failed run published nothing over it
     with Image.open(out) as im:
-        assert im.n_frames == 12  # 4 chunks of 3 frames were written before the failure
+        assert im.n_frames == len(earlier) == 12
+    assert [p.name for p in tmp_path.iterdir()] == ["crash.gif"]  # and left no temporary file
 
 
 def test_killed_process_leaves_playable_mp4(ckpt, tmp_path):
     out = tmp_path / "killed.mp4"
+    out.write_bytes(b"an earlier file")  # SIGKILL cannot publish: the earlier output stays
     entry = "import sys; from videomla.cli import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", entry, "generate", "--prompt", "a red ball", "--seconds", "600"]
     cmd += ["--out", str(out), "--checkpoint", str(ckpt), "--quiet", "--seed", "1"]
@@ -235,9 +240,10 @@ def test_killed_process_leaves_playable_mp4(ckpt, tmp_path):
         frames = 0
         while frames < 9 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            if out.exists() and out.stat().st_size > 0:
+            partial = list(tmp_path.glob(".killed.mp4.*.partial.mp4"))  # written in place, renamed when done
+            if partial and partial[0].stat().st_size > 0:
                 try:
-                    frames = len(decode_mp4(out))
+                    frames = len(decode_mp4(partial[0]))
                 except Exception:  # header not complete yet
                     frames = 0
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -247,7 +253,9 @@ def test_killed_process_leaves_playable_mp4(ckpt, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    video = decode_mp4(out)
+    assert out.read_bytes() == b"an earlier file"
+    (partial,) = tmp_path.glob(".killed.mp4.*.partial.mp4")
+    video = decode_mp4(partial)
     assert len(video) >= 9 and len(video) % 3 == 0  # whole chunks: one fragment per chunk
     assert video.shape[1:] == (H, W, 3)
 
