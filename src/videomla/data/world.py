@@ -331,6 +331,111 @@ def render(params: ClipParams, num_frames: int, fps: float | None = None) -> tor
     return render_batch([params], num_frames, fps)[0]
 
 
+# ---------------------------------------------------------------- batched rendering on any device
+#
+# The same clips as :func:`render_batch`, rendered on any torch device (a GPU: the trainer's
+# data path) from parameters packed into one float64 tensor on the host, so a batch costs one
+# host-to-device copy and a few dozen kernels. Every value goes through the same float32 /
+# float64 arithmetic as the CPU renderer: on the CPU the two are bitwise equal (tested); on a
+# GPU they differ only by the device's rounding of hypot / interpolation (measured in
+# ``benchmarks/training-throughput``). Whole frames are rasterised per object (no crops): a
+# pixel outside an object's crop is more than 0.5 px from its edge, so its coverage is exactly 0
+# and ``x + 0 * (c - x) == x`` leaves it untouched, as the crop leaves it.
+
+_SLOT = 14  # per object slot: shape, radius, rgb, p0 (2), velocity / fps (2), lo (2), hi (2), active
+_CLIP = 4 + TEXTURE_GRID * TEXTURE_GRID  # per clip: background rgb, textured flag, texture grid
+
+
+def _texture_grid(seed: int) -> torch.Tensor:
+    """The 6x6 brightness offsets of :func:`background_image` (float32, same draws)."""
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.rand(1, 1, TEXTURE_GRID, TEXTURE_GRID, generator=g) * 2 - 1) * TEXTURE_AMPLITUDE).view(-1)
+
+
+def pack_params(params: Sequence[ClipParams], fps: float | None = None) -> torch.Tensor:
+    """Clips as one float64 tensor [B, _CLIP + N * _SLOT] for :func:`render_packed`.
+
+    Object slots are stored in draw order (larger first, equal sizes in caption order; empty
+    slots last). Values the CPU renderer holds in float32 (radius, colours, texture) are rounded
+    to float32 here, so the device computes with exactly the same numbers.
+    """
+    spec = params[0].spec
+    if any(p.spec.size != spec.size or p.spec.radius != spec.radius for p in params):
+        raise ValueError("all clips of a batch must share frame size and object radii")
+    n = max(len(p.objects) for p in params)
+    out = np.zeros((len(params), _CLIP + n * _SLOT), dtype=np.float64)
+    for b, clip in enumerate(params):
+        rate = fps or clip.spec.fps
+        row = out[b]
+        row[:3] = np.float32(BACKGROUNDS[clip.background])
+        if clip.texture_seed is not None:
+            row[3] = 1.0
+            row[4:_CLIP] = _texture_grid(clip.texture_seed).numpy()
+        radii = [clip.spec.radius_of(o.size) for o in clip.objects]
+        for slot, j in enumerate(sorted(range(len(radii)), key=lambda j: -radii[j])):
+            o = clip.objects[j]
+            left, right, top, bottom = shape_extent(o.shape, radii[j])
+            k = _CLIP + slot * _SLOT
+            row[k] = SHAPES.index(o.shape)
+            row[k + 1] = np.float32(radii[j])
+            row[k + 2 : k + 5] = np.float32(PALETTE[o.colour])
+            row[k + 5 : k + 7] = o.position
+            row[k + 7 : k + 9] = (o.velocity[0] / rate, o.velocity[1] / rate)
+            row[k + 9 : k + 11] = (-left, -top)
+            row[k + 11 : k + 13] = (clip.spec.size - right, clip.spec.size - bottom)
+            row[k + 13] = 1.0
+    return torch.from_numpy(out)
+
+
+def render_packed(packed: torch.Tensor, num_frames: int, size: int) -> torch.Tensor:
+    """Clips [B, 3, T, H, W] in [-1, 1] from :func:`pack_params`, on ``packed``'s device."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    device, b = packed.device, packed.shape[0]
+    n = (packed.shape[1] - _CLIP) // _SLOT
+    slots = packed[:, _CLIP:].view(b, n, _SLOT)
+    # trajectories (float64, the closed-form bounce of :func:`trajectories`), then float32
+    p0, vel, lo, hi = (slots[:, None, :, k : k + 2] for k in (5, 7, 9, 11))
+    t = torch.arange(num_frames, dtype=torch.float64, device=device)[None, :, None, None]
+    span = hi - lo
+    u = torch.remainder(p0 - lo + vel * t, 2 * span)
+    centres = (lo + torch.where(u <= span, u, 2 * span - u)).float()  # [B, T, N, 2]
+    # background: base colour plus (textured clips) the bilinear upsampling of the grid
+    base = packed[:, :3].float().view(b, 3, 1, 1).expand(b, 3, size, size)
+    grid = packed[:, 4:_CLIP].float().view(b, 1, TEXTURE_GRID, TEXTURE_GRID)
+    texture = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=True)
+    textured = packed[:, 3].view(b, 1, 1, 1) > 0
+    background = torch.where(textured, base + texture, base)  # [B, 3, H, W]
+    canvas = background.permute(0, 2, 3, 1)[:, None].expand(b, num_frames, size, size, 3)
+    coords = torch.arange(size, dtype=torch.float32, device=device) + 0.5
+    for slot in range(n):
+        s = slots[:, slot].float()
+        c = centres[:, :, slot]  # [B, T, 2]
+        active = s[:, 13].view(b, 1, 1, 1)
+        c = c.nan_to_num(size / 2)
+        dx = (coords.view(1, 1, 1, -1) - c[..., 0, None, None]).expand(b, num_frames, size, size)
+        dy = (coords.view(1, 1, -1, 1) - c[..., 1, None, None]).expand(b, num_frames, size, size)
+        sid = s[:, 0].long().view(b, 1, 1, 1)
+        rad = s[:, 1].view(b, 1, 1, 1)
+        cover = shape_coverage(sid, rad, dx, dy) * active
+        colour = s[:, 2:5].view(b, 1, 1, 1, 3)
+        canvas = canvas + cover[..., None] * (colour - canvas)
+    return canvas.permute(0, 4, 1, 2, 3) * 2 - 1
+
+
+def render_batch_on(
+    params: Sequence[ClipParams], num_frames: int, device: torch.device | str, fps: float | None = None
+) -> torch.Tensor:
+    """:func:`render_batch` on ``device`` (one host-to-device copy of the packed parameters)."""
+    packed = pack_params(params, fps)
+    device = torch.device(device)
+    if device.type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        packed = packed.to(device)
+    return render_packed(packed, num_frames, params[0].spec.size)
+
+
 # ---------------------------------------------------------------- datasets
 
 

@@ -8,6 +8,7 @@ dotted path of the offending key, so a typo (``optim.lrr``) fails before any mod
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class DataSection:
     text_dropout: float = 0.0  # probability of training on the unconditional context (teaches CFG)
     shuffle: bool = True
     workers: int = 1  # threads making a batch's clips (order and content do not depend on it)
+    render: Literal["auto", "cpu", "device"] = "auto"  # world clips: per clip on the CPU, or batched on the device
     world: dict[str, Any] = field(default_factory=dict)  # kind=world: arguments of the world generator
 
     def __post_init__(self) -> None:
@@ -82,12 +84,38 @@ class OptimSection:
     weight_decay: float = 0.01
     eps: float = 1e-8
     max_grad_norm: float | None = 10.0
+    # learning-rate schedule over the run's steps (a multiplier of every optimiser's lr)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps at step 1 to lr
+    decay_steps: int | None = None  # decay over the last this many steps (None: all steps after warmup)
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
+    total_steps: int | None = None  # the schedule's horizon (None: ``steps``); set it to split one run over calls
 
     def __post_init__(self) -> None:
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or (self.decay_steps is not None and self.decay_steps < 1):
+            raise ValueError(f"optim.warmup_steps must be >= 0 and optim.decay_steps >= 1, got {self}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ValueError(f"optim.total_steps must be >= 1, got {self.total_steps}")
+
+    def lr_factor(self, step: int, steps: int) -> float:
+        """The schedule's multiplier of the base lr at ``step`` (counted from 1) of a ``steps``-step run."""
+        total = self.total_steps or steps
+        if self.warmup_steps and step <= self.warmup_steps:
+            return step / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        start = self.warmup_steps if self.decay_steps is None else max(self.warmup_steps, total - self.decay_steps)
+        if step <= start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(1, total - start))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
 
 
 @dataclass
@@ -162,6 +190,37 @@ class CheckpointSection:
 
 
 @dataclass
+class HeldoutSection:
+    """A loss on a fixed bank of clips, timesteps and noise, logged every ``every`` steps (0: never).
+
+    World data: clips ``num_clips .. num_clips + clips - 1`` of the world's stream, which training
+    never draws. Latent folders: the clips of ``path`` (required for a held-out loss there).
+    """
+
+    every: int = 100
+    clips: int = 256
+    batch_size: int | None = None  # forwards of this many clips (None: data.batch_size)
+    seed: int = 1234  # the bank's timesteps and noise
+    path: str | None = None  # latents: a folder of held-out clips
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.clips < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise ValueError(f"heldout.every must be >= 0, heldout.clips and heldout.batch_size >= 1, got {self}")
+
+
+@dataclass
+class KernelsSection:
+    """Training under :func:`videomla.attention.common.fast_kernels` (``backend: null``: the reference code).
+
+    ``eager``: float32 RoPE tables (instead of float64); ``inductor``: also fused norm / RoPE /
+    modulation kernels (torch.compile, compiled once per shape); ``cudnn_first``: cuDNN SDPA first.
+    """
+
+    backend: Literal["eager", "inductor"] | None = None
+    cudnn_first: bool = False
+
+
+@dataclass
 class LogSection:
     every: int = 1
     tensorboard: bool = True
@@ -190,6 +249,8 @@ class TrainConfig:
     dmd: DMDSection = field(default_factory=DMDSection)
     ema: EMASection = field(default_factory=EMASection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    heldout: HeldoutSection = field(default_factory=HeldoutSection)
+    kernels: KernelsSection = field(default_factory=KernelsSection)
     log: LogSection = field(default_factory=LogSection)
 
     def __post_init__(self) -> None:

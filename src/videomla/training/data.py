@@ -162,6 +162,7 @@ class WorldSource:
                 f"{spec.size}-pixel frames through stride {self.codec.spatial_stride} do not tile into "
                 f"the model's {cfg.patch_size[1:]} patches"
             )
+        self._contexts: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -169,6 +170,41 @@ class WorldSource:
     def __getitem__(self, index: int) -> Clip:
         video, caption = self.clips[index]
         return Clip(self.codec.encode(video[None])[0], self.text.encode(caption)[0], caption)
+
+    def context_of(self, caption: str) -> torch.Tensor:
+        """The caption's text features [L, D] (memoised: the hash encoder is a pure function)."""
+        ctx = self._contexts.get(caption)
+        if ctx is None:
+            if len(self._contexts) > 200_000:
+                self._contexts.clear()
+            ctx = self._contexts[caption] = self.text.encode(caption)[0]
+        return ctx
+
+    def params(self, index: int):
+        """Clip ``index`` of the world's stream; indices past ``len(self)`` are never trained on
+        (the held-out bank uses them)."""
+        from ..data.world import clip_params_at
+
+        return clip_params_at(self.clips.seed, index, self.clips.spec)
+
+    def device_batch(
+        self, indices: list[int], device: torch.device, frames: int | None, text_len: int | None
+    ) -> Batch:
+        """The clips ``indices`` as one batch rendered and encoded on ``device`` (a GPU): the same
+        clips as ``collate([self[i] for i in indices], ...)``, for the host cost of their parameters."""
+        from ..data.world import caption, render_batch_on
+
+        ps = [self.params(i) for i in indices]
+        captions = [caption(p) for p in ps]
+        video = render_batch_on(ps, frames or self.clips.num_frames, device)
+        latents = self.codec.encode(video)
+        length = text_len or self.text.max_tokens
+        context = torch.stack([pad_context(self.context_of(c), length, c) for c in captions])
+        if device.type == "cuda":
+            context = context.pin_memory().to(device, non_blocking=True)
+        else:
+            context = context.to(device)
+        return Batch(latents, context, captions)
 
     def generation_metadata(self) -> dict[str, Any]:
         """What ``videomla generate`` needs to decode and prompt a model trained on these clips."""

@@ -121,6 +121,15 @@ def mean_over_ranks(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str
     return dict(zip(names, stacked.tolist()))
 
 
+def mean_tensor_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Elementwise mean of a float tensor over processes (the tensor itself on one process)."""
+    if not info.sharded:
+        return values
+    values = values.to(info.device)
+    dist.all_reduce(values)
+    return values / info.world
+
+
 def barrier(info: DistInfo) -> None:
     if info.sharded:
         dist.barrier()

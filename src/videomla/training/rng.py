@@ -3,8 +3,14 @@
 Every draw of a training step (timesteps, noise, text dropout, rollout exit steps) comes from a
 fresh generator seeded by ``(seed, step, purpose, global sample index)``: a resumed run draws
 exactly what the uninterrupted run drew, and 2 processes draw for their samples exactly what one
-process draws for the same samples. Draws are made on the CPU and moved, so CPU and GPU runs
-see the same numbers. The global RNG states (python, numpy, torch, cuda) are still saved and
+process draws for the same samples.
+
+Where the numbers are made: on the CPU for a CPU run, and for the small draws (timesteps, text
+dropout, grid indices) of every run, which reach a GPU through pinned memory without a host
+sync. On a CUDA device the large draws (:meth:`StepRNG.randn`: the noise, as large as the
+batch) are made on the device by one Philox generator per (seed, step, purpose, sample), so
+they cost no host time; they are as reproducible (resume, process count) as the CPU draws, but
+they are other numbers than a CPU run draws. The global RNG states (python, numpy, torch, cuda) are still saved and
 restored with checkpoints for anything outside this module that might use them.
 """
 
@@ -39,8 +45,20 @@ class StepRNG:
     def _gen(self, purpose: str, sample: int | None) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.seed, self.step, purpose, sample))
 
+    def _move(self, out: torch.Tensor) -> torch.Tensor:
+        """A CPU draw onto the step's device: through pinned memory, no host sync, on CUDA."""
+        if self.device.type == "cuda":
+            return out.pin_memory().to(self.device, non_blocking=True)
+        return out.to(self.device)
+
     def randn(self, purpose: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """[B, *shape] standard normal, one independent stream per sample."""
+        """[B, *shape] standard normal, one independent stream per sample (made on a CUDA device)."""
+        if self.device.type == "cuda":
+            draws = []
+            for i in self.samples:
+                g = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.step, purpose, i))
+                draws.append(torch.randn(shape, generator=g, device=self.device))
+            return torch.stack(draws).to(dtype)
         out = torch.stack([torch.randn(shape, generator=self._gen(purpose, i)) for i in self.samples])
         return out.to(device=self.device, dtype=dtype)
 
@@ -49,17 +67,17 @@ class StepRNG:
         out = torch.stack(
             [torch.rand(shape, generator=self._gen(purpose, i), dtype=torch.float64) for i in self.samples]
         )
-        return out.to(self.device)
+        return self._move(out)
 
     def timesteps(self, purpose: str, n: int, shift: float) -> torch.Tensor:
         """[B, n] shifted training timesteps in (0, 1000] (one per chunk), float64."""
         out = torch.stack([sample_training_timesteps((n,), shift, self._gen(purpose, i)) for i in self.samples])
-        return out.to(self.device)
+        return self._move(out)
 
     def integers(self, purpose: str, high: int, n: int) -> torch.Tensor:
         """[B, n] integers in [0, high)."""
         out = torch.stack([torch.randint(high, (n,), generator=self._gen(purpose, i)) for i in self.samples])
-        return out.to(self.device)
+        return self._move(out)
 
     def shared_integers(self, purpose: str, high: int, n: int) -> list[int]:
         """Integers identical on every process and sample: choices that decide how many forwards run."""

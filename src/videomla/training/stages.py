@@ -88,6 +88,34 @@ class Stage(abc.ABC):
         """The module handed to ``videomla generate``: the EMA when kept (Self-Forcing samples with it)."""
         return "ema" if self.ema is not None else "generator"
 
+    @property
+    def base_lrs(self) -> dict[str, float]:
+        """Each optimiser's lr before the schedule's multiplier."""
+        return {"generator_optim": self.cfg.lr}
+
+    def set_lr_factor(self, factor: float) -> float:
+        """Apply the schedule's multiplier to every optimiser; returns the generator's lr."""
+        for name, (_, optimizer) in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = self.base_lrs[name] * factor
+        return self.cfg.lr * factor
+
+    @property
+    def heldout_metrics(self) -> tuple[str, ...]:
+        return ("heldout_loss",)
+
+    @torch.no_grad()
+    def heldout(self, batch: Batch, rng: StepRNG) -> dict[str, torch.Tensor]:
+        """Losses of the exported model on a batch of the fixed held-out bank (``rng``: its fixed draws).
+
+        ``heldout_loss`` is the stage-1 objective (teacher-forced velocity MSE) in every stage, so
+        runs of all stages read on one scale; stages add their own objective.
+        """
+        model = self.modules[self.export_name]
+        with self.autocast():
+            loss = teacher_forcing_loss(model, batch.latents, batch.context, self.stream, rng, self.cfg.schedule.shift)
+        return {"heldout_loss": loss.float()}
+
     def _generator_update(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         norm = update(self.generator, self.optimizer, loss, self.cfg.optim.max_grad_norm)
         if self.ema is not None:
@@ -127,8 +155,29 @@ class ConsistencyStage(Stage):
         self.uncond = uncond
         self.grid = ode_grid(cfg.consistency.ode_steps, cfg.schedule.shift)
 
+    def _grid_on(self, device: torch.device) -> torch.Tensor:
+        if self.grid.device != device:  # once: indexing a CPU grid with device indices would sync every step
+            self.grid = self.grid.to(device)
+        return self.grid
+
+    @property
+    def heldout_metrics(self) -> tuple[str, ...]:
+        return ("heldout_loss", "heldout_cd_loss")
+
+    @torch.no_grad()
+    def heldout(self, batch: Batch, rng: StepRNG) -> dict[str, torch.Tensor]:
+        out = super().heldout(batch, rng)
+        guidance = Guidance(self.cfg.teacher.cfg_scale, self.uncond.expand_as(batch.context))
+        grid = self._grid_on(batch.latents.device)
+        with self.autocast():
+            loss = consistency_loss(
+                self.generator, self.teacher, batch.latents, batch.context, self.stream, rng, guidance, grid
+            )
+        return {**out, "heldout_cd_loss": loss.float()}
+
     def step(self, batch: Batch, rng: StepRNG, step: int) -> dict[str, torch.Tensor]:
         guidance = Guidance(self.cfg.teacher.cfg_scale, self.uncond.expand_as(batch.context))
+        self._grid_on(batch.latents.device)
         with self.autocast():
             loss = consistency_loss(
                 self.generator, self.teacher, batch.latents, batch.context, self.stream, rng, guidance, self.grid
@@ -161,6 +210,10 @@ class DMDStage(Stage):
     def after_resume(self) -> None:
         super().after_resume()
         apply_hyperparameters(self.critic_optimizer, self.cfg.dmd.critic_lr, self.cfg)
+
+    @property
+    def base_lrs(self) -> dict[str, float]:
+        return {**super().base_lrs, "critic_optim": self.cfg.dmd.critic_lr}
 
     def trains_generator(self, step: int) -> bool:
         return (step - 1) % self.cfg.dmd.critic_updates == 0

@@ -4,6 +4,11 @@ One code path for one process (CPU or one GPU) and for ``torchrun`` (FSDP2 over 
 the global batch is split over processes, every random draw is keyed by global sample index
 (:mod:`.rng`), gradients are averaged by FSDP2's reduce-scatter, and logged losses are averaged
 over processes, so N processes reproduce one process on the same global batch.
+
+The step itself never waits for the device: metrics stay on the device and are read once per
+logged step (``log.every``), which is also where non-finite values are caught. A non-finite loss,
+gradient norm or held-out loss stops the run with :class:`NonFiniteError` naming the first bad
+step; nothing after it is saved, so ``keep_last`` never rotates away the last finite checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,14 +31,32 @@ from tqdm.auto import tqdm
 from ..model import CausalWanModel
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import DataOrder, WorldSource, build_source, collate, load_negative_context, local_slice, pad_context
-from .distributed import DistInfo, init_distributed, mean_over_ranks, shard, shutdown
+from .data import (
+    Batch,
+    DataOrder,
+    LatentFolder,
+    WorldSource,
+    build_source,
+    collate,
+    load_negative_context,
+    local_slice,
+    pad_context,
+)
+from .distributed import DistInfo, init_distributed, mean_tensor_over_ranks, shard, shutdown
 from .metrics import MetricsLogger
 from .models import EMA, build_model, enable_activation_checkpointing, load_frozen, trainable_copy
 from .rng import StepRNG
 from .stages import ConsistencyStage, DMDStage, Stage, TeacherForcingStage
 
 CONFIG_FILE = "config.yaml"
+LR = "lr"
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Training produced a NaN / Inf (loss, gradient norm, held-out loss or weights) at a named step.
+
+    A ValueError too, so the command line reports it in one line and exits with status 2.
+    """
 
 
 class _Serial:
@@ -62,9 +86,12 @@ class Trainer:
 
         self._generator, conversion = build_model(cfg.model, cfg.seed)
         self.source = build_source(cfg.data, self._generator.config, cfg.stream, cfg.seed)
+        self.device_data = self._renders_on_device()
         self._loader = ThreadPoolExecutor(max_workers=cfg.data.workers) if cfg.data.workers > 1 else _Serial()
         self.text_len = cfg.data.text_len or self.source[0].context.shape[0]
         self.stage = self._build_stage()
+        self.bank = self._heldout_bank()
+        self._pending: list[tuple[int, dict[str, torch.Tensor], float]] = []
         self.order = DataOrder(len(self.source), cfg.data.batch_size, cfg.seed, cfg.data.shuffle)
         if cfg.data.batch_size % self.info.world:
             raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by {self.info.world} processes")
@@ -82,9 +109,48 @@ class Trainer:
             (self.out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             if conversion is not None and not resume:
                 (self.out / "mla_conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
-        self.logger = MetricsLogger(
-            self.out, self.stage.metrics, self.info.is_main, cfg.log.tensorboard, resume_step=self.step
+        columns = (*self.stage.metrics, LR, *(self.stage.heldout_metrics if self.bank else ()))
+        self.logger = MetricsLogger(self.out, columns, self.info.is_main, cfg.log.tensorboard, resume_step=self.step)
+
+    def _renders_on_device(self) -> bool:
+        """World clips batched on the training device (``data.render``; ``auto``: on CUDA)."""
+        render = self.cfg.data.render
+        if render == "device" and not isinstance(self.source, WorldSource):
+            raise ValueError("data.render: device renders procedural-world clips: it needs data.kind: world")
+        return isinstance(self.source, WorldSource) and (
+            render == "device" or (render == "auto" and self.device.type == "cuda")
         )
+
+    def _heldout_bank(self) -> list[tuple[list[int], Batch]]:
+        """The fixed held-out clips of this process as (bank positions, batch on the device) pairs."""
+        h, info = self.cfg.heldout, self.info
+        if h.every == 0:
+            return []
+        if h.clips % info.world:
+            raise ValueError(f"heldout.clips {h.clips} is not divisible by the {info.world} processes")
+        positions, _ = local_slice(list(range(h.clips)), info.rank, info.world)
+        size = h.batch_size or max(1, self.cfg.data.batch_size // info.world)
+        frames = self.cfg.data.num_frames
+        bank = []
+        if isinstance(self.source, WorldSource):
+            for i in range(0, len(positions), size):
+                part = positions[i : i + size]
+                indices = [len(self.source) + p for p in part]  # past the training clips of the stream
+                bank.append((part, self.source.device_batch(indices, self.device, frames, self.text_len)))
+            return bank
+        if h.path is None:
+            if info.is_main:
+                print("note: no held-out loss (a latent-folder run needs heldout.path)", file=sys.stderr)
+            return []
+        folder = LatentFolder(h.path)
+        folder.check(self._generator.config, self.cfg.stream, frames, self.cfg.data.text_len)
+        if len(folder) < h.clips:
+            raise ValueError(f"heldout.path {h.path} has {len(folder)} clips, fewer than heldout.clips = {h.clips}")
+        for i in range(0, len(positions), size):
+            part = positions[i : i + size]
+            batch = collate([folder[p] for p in part], frames, self.text_len)
+            bank.append((part, batch.to(self.device)))
+        return bank
 
     # -- construction ------------------------------------------------------------------------------
     def _uncond(self, length: int) -> torch.Tensor:
@@ -138,42 +204,115 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
+    def _kernels(self) -> contextlib.AbstractContextManager:
+        k = self.cfg.kernels
+        if k.backend is None:
+            return contextlib.nullcontext()
+        from ..attention.common import fast_kernels
+
+        return fast_kernels(k.backend, cudnn_first=k.cudnn_first)
+
     # -- the loop --------------------------------------------------------------------------------------
     def next_batch(self):
         global_indices = self.order.next_indices()
         positions, indices = local_slice(global_indices, self.info.rank, self.info.world)
+        if self.device_data:  # one batched render on the device: the host only samples clip parameters
+            return positions, self.source.device_batch(indices, self.device, self.cfg.data.num_frames, self.text_len)
         # clips are made on the fly (procedural world: ~6 ms each on one core); torch releases the GIL
         clips = list(self._loader.map(self.source.__getitem__, indices))
         batch = collate(clips, self.cfg.data.num_frames, self.text_len)
         return positions, batch.to(self.device)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One update; its metrics stay on the device (no host sync): :meth:`flush` reads them."""
         self.step += 1
+        lr = self.stage.set_lr_factor(self.cfg.optim.lr_factor(self.step, self.cfg.steps))
         positions, batch = self.next_batch()
         rng = StepRNG(self.cfg.seed, self.step, positions, self.device)
-        values = self.stage.step(batch, rng, self.step)
-        return mean_over_ranks(values, self.info)
+        with self._kernels():
+            values = self.stage.step(batch, rng, self.step)
+            if self.bank and (self.step % self.cfg.heldout.every == 0 or self.step == self.cfg.steps):
+                values.update(self.heldout())
+        self._pending.append((self.step, values, lr))
+        return values
+
+    def heldout(self) -> dict[str, torch.Tensor]:
+        """Mean held-out metrics of this process's part of the bank (device tensors)."""
+        totals: dict[str, torch.Tensor] = {}
+        count = 0
+        for positions, batch in self.bank:
+            rng = StepRNG(self.cfg.heldout.seed, 0, positions, self.device)
+            for name, value in self.stage.heldout(batch, rng).items():
+                totals[name] = totals.get(name, 0) + value * len(positions)
+            count += len(positions)
+        return {name: total / count for name, total in totals.items()}
+
+    def flush(self) -> list[dict[str, float]]:
+        """Read the pending steps' metrics (one host sync), log them, stop on the first non-finite one."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        keys = [(i, name) for i, (_, values, _) in enumerate(pending) for name in sorted(values)]
+        stacked = torch.stack([pending[i][1][name].detach().float().reshape(()) for i, name in keys])
+        numbers = mean_tensor_over_ranks(stacked, self.info).tolist()
+        rows: list[dict[str, float]] = [{"step": step, LR: lr} for step, _, lr in pending]
+        for (i, name), number in zip(keys, numbers):
+            rows[i][name] = number
+        cfg = self.cfg
+        for row, (step, values, _) in zip(rows, pending):
+            bad = sorted(k for k, v in row.items() if not math.isfinite(v))
+            if bad or step % cfg.log.every == 0 or step == cfg.steps or any(k.startswith("heldout") for k in values):
+                self.logger.log(step, {k: v for k, v in row.items() if k != "step"})
+            if bad:
+                last = latest_checkpoint(self.ckpt_root)
+                kept = f"the last finite checkpoint is {last}" if last else "no checkpoint was written"
+                shown = ", ".join(f"{k} = {row[k]}" for k in bad)
+                raise NonFiniteError(
+                    f"non-finite {shown} at step {step}: training stopped before saving anything of it; {kept} "
+                    f"(lower optim.lr, check the data, or resume from it with --resume)"
+                )
+        return [{"step": float(r.pop("step")), **r} for r in rows]
 
     def run(self) -> list[dict[str, float]]:
-        """Train to ``cfg.steps``; returns the logged metrics of the steps run here."""
+        """Train to ``cfg.steps``; returns the metrics of the steps run here."""
         cfg, history = self.cfg, []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.info.is_main, desc=cfg.stage, file=sys.stderr)
         try:
             while self.step < cfg.steps:
-                values = self.train_step()
-                history.append({"step": self.step, **values})
-                if self.step % cfg.log.every == 0 or self.step == cfg.steps:
-                    self.logger.log(self.step, values)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
+                self.train_step()
                 bar.update(1)
-                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps:
+                save = self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps
+                if save or self.step % cfg.log.every == 0:
+                    rows = self.flush()
+                    history.extend(rows)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in rows[-1].items() if "loss" in k})
+                if save:
                     self.save()
+            history.extend(self.flush())
         finally:
             bar.close()
             self.logger.close()
+        for row in history:
+            row["step"] = int(row["step"])
         return history
 
+    def check_finite_weights(self) -> None:
+        """Refuse to save non-finite weights (one reduction per module), naming the first bad tensor."""
+        for name, module in self.stage.modules.items():
+            params = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in module.state_dict().items()]
+            params = [(n, p) for n, p in params if p.is_floating_point() and p.numel()]
+            flags = torch.stack([torch.isfinite(p).all() for _, p in params]).float()
+            flags = mean_tensor_over_ranks(flags, self.info)
+            bad = [n for (n, _), ok in zip(params, flags.tolist()) if ok < 1]
+            if bad:
+                last = latest_checkpoint(self.ckpt_root)
+                raise NonFiniteError(
+                    f"non-finite weights in {name} ({', '.join(bad[:3])}) at step {self.step}: not saved; "
+                    f"the last finite checkpoint is {last or 'none'}"
+                )
+
     def save(self) -> Path:
+        self.check_finite_weights()
         cfg = self.cfg
         state = {"stage": cfg.stage, "data": self.order.state_dict(), "config": cfg.to_dict()}
         export = self._export if cfg.checkpoint.export else None
