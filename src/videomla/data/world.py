@@ -427,13 +427,13 @@ def render_batch_on(
     params: Sequence[ClipParams], num_frames: int, device: torch.device | str, fps: float | None = None
 ) -> torch.Tensor:
     """:func:`render_batch` on ``device`` (one host-to-device copy of the packed parameters)."""
-    packed = pack_params(params, fps)
-    device = torch.device(device)
-    if device.type == "cuda":
-        packed = packed.pin_memory().to(device, non_blocking=True)
-    else:
-        packed = packed.to(device)
+    packed = upload(pack_params(params, fps), torch.device(device))
     return render_packed(packed, num_frames, params[0].spec.size)
+
+
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto ``device``; to a GPU through pinned memory, without a host sync."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 # ---------------------------------------------------------------- datasets

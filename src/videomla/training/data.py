@@ -187,12 +187,10 @@ class WorldSource:
 
         return clip_params_at(self.clips.seed, index, self.clips.spec)
 
-    def device_batch(
-        self, indices: list[int], device: torch.device, frames: int | None, text_len: int | None
-    ) -> Batch:
+    def device_batch(self, indices: list[int], device: torch.device, frames: int | None, text_len: int | None) -> Batch:
         """The clips ``indices`` as one batch rendered and encoded on ``device`` (a GPU): the same
         clips as ``collate([self[i] for i in indices], ...)``, for the host cost of their parameters."""
-        from ..data.world import caption, render_batch_on
+        from ..data.world import caption, render_batch_on, upload
 
         ps = [self.params(i) for i in indices]
         captions = [caption(p) for p in ps]
@@ -200,11 +198,7 @@ class WorldSource:
         latents = self.codec.encode(video)
         length = text_len or self.text.max_tokens
         context = torch.stack([pad_context(self.context_of(c), length, c) for c in captions])
-        if device.type == "cuda":
-            context = context.pin_memory().to(device, non_blocking=True)
-        else:
-            context = context.to(device)
-        return Batch(latents, context, captions)
+        return Batch(latents, upload(context, device), captions)
 
     def generation_metadata(self) -> dict[str, Any]:
         """What ``videomla generate`` needs to decode and prompt a model trained on these clips."""
