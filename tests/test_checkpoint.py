@@ -288,7 +288,7 @@ def test_truncated_file_names_the_file(seed, tmp_path, name):
         save_file(model.state_dict(), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=rf"cannot read {path}.*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=rf"{path} is truncated"):  # found from the header, before reading
         load_model(path, preset="tiny")
 
 

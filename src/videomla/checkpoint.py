@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -336,8 +338,41 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def check_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse non-floating tensors and NaN/Inf values, naming the first offending tensors.
+
+    One reduction per tensor (``isfinite().all()``); counts are taken only for the bad ones. A
+    checkpoint with NaN weights would otherwise generate flat one-colour frames with exit 0.
+    """
+    wrong_dtype = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items() if not v.is_floating_point()
+    ]
+    if wrong_dtype:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-floating tensors; model weights must be float (fp32, bf16, fp16):"
+            + _listing("tensors", wrong_dtype)
+        )
+    bad = []
+    for key, value in state.items():
+        if value.device.type == "meta" or value.numel() == 0:
+            continue
+        if not bool(torch.isfinite(value).all()):
+            nan = int(torch.isnan(value).sum())
+            inf = int(torch.isinf(value).sum())
+            what = ", ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part)
+            bad.append(f"{key} ({what} of {value.numel()})")
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite values (NaN/Inf); it would generate garbage. "
+            f"Was it saved from a diverged run?" + _listing("tensors with NaN/Inf", bad)
+        )
+
+
 def check_state_dict(state: Mapping[str, torch.Tensor], cfg: ModelConfig, against: str, path: str | Path) -> None:
-    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped keys."""
+    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped keys, then bad values.
+
+    Values are checked by :func:`check_tensors` (non-floating dtypes, NaN/Inf).
+    """
     want = expected_shapes(cfg)
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
@@ -356,6 +391,7 @@ def check_state_dict(state: Mapping[str, torch.Tensor], cfg: ModelConfig, agains
             if items:
                 msg += _listing(label, items)
         raise CheckpointError(msg)
+    check_tensors(state, path)
 
 
 # -- reading files -------------------------------------------------------------------------------
@@ -456,17 +492,145 @@ def _wan_files(folder: Path) -> tuple[list[Path], Path | None]:
     return sorted(folder.glob("diffusion_pytorch_model*.safetensors")), None
 
 
-def _detect(path: str | Path) -> _Source:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+# -- what a checkpoint path may be ---------------------------------------------------------------
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
+_TRAIN_STEP = re.compile(r"^step_(\d{8})$")  # a training run's step folders (training/checkpointing.py)
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """The one meaning of a checkpoint path, shared by every command and :func:`load_model`.
+
+    ``None``: the embedded default model. A training run folder (holding ``checkpoints/``): its
+    newest step's exported model. A step folder (``trainer.json``): its ``model/``. A diffusers
+    pipeline root (``transformer/`` inside): that transformer. A folder holding exactly one
+    ``.pt``/``.pth`` file and nothing else loadable: that file. Anything else is returned as is
+    and the format detector decides.
+    """
+    if path is None:
+        if not (DEFAULT_CHECKPOINT / MODEL_FILE).is_file():
+            raise FileNotFoundError(
+                f"no default model is installed (expected {DEFAULT_CHECKPOINT}/{MODEL_FILE} + {CONFIG_FILE}); "
+                f"pass a checkpoint (--checkpoint PATH)"
+            )
+        return DEFAULT_CHECKPOINT
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    if (p / "checkpoints").is_dir():
+        steps = sorted(
+            (int(m.group(1)), d) for d in (p / "checkpoints").iterdir() if (m := _TRAIN_STEP.match(d.name))
+        )
+        if not steps:
+            raise FileNotFoundError(f"training run {p} has no checkpoint yet (nothing in {p / 'checkpoints'})")
+        p = steps[-1][1]
+    if (p / "trainer.json").is_file():
+        if not (p / "model").is_dir():
+            raise FileNotFoundError(f"{p} is a training checkpoint without an exported model/ (checkpoint.export)")
+        return p / "model"
+    if not (p / CONFIG_FILE).is_file() and (p / "transformer" / CONFIG_FILE).is_file():
+        return p / "transformer"
+    if not (p / CONFIG_FILE).is_file() and not any(p.glob("*.safetensors")):
+        pts = sorted(f for f in p.iterdir() if f.suffix in (".pt", ".pth") and f.is_file())
+        if len(pts) == 1:
+            return pts[0]
+    return p
+
+
+def _check_path(path: Path) -> None:
+    """Symbolic link loops, unreadable paths and odd file types, as one named error each."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            target = os.readlink(path)
+            raise FileNotFoundError(f"no checkpoint at {path}: a symbolic link to nothing ({target})") from None
+        raise FileNotFoundError(f"no checkpoint at {path}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CheckpointError(f"checkpoint path {path} is a symbolic link loop") from None
+        raise CheckpointError(f"cannot open checkpoint {path}: {err.strerror or err}") from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise CheckpointError(f"checkpoint path {path} is not a regular file or folder")
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(info.st_mode) else 0)):
+        raise PermissionError(f"cannot read checkpoint {path}: permission denied")
+
+
+def _not_a_checkpoint(file: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{file} is not a checkpoint: {reason}")
+
+
+def sniff_safetensors(file: Path) -> None:
+    """Check a .safetensors file's header and size without reading tensors; a named error if it is not one.
+
+    Layout: an 8-byte little-endian header length N, N bytes of JSON, then the tensor bytes the
+    header's ``data_offsets`` point into.
+    """
+    size = file.stat().st_size
+    if size == 0:
+        raise _not_a_checkpoint(file, "it is empty (0 bytes)")
+    with _reading(file, "safetensors header"), open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _not_a_checkpoint(file, f"{size} bytes is too short for a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n < 2 or n > min(size - 8, 100_000_000):
+            raise _not_a_checkpoint(file, "it does not start with a safetensors header (random or foreign bytes?)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise _not_a_checkpoint(file, "its safetensors header is not valid JSON (random or foreign bytes?)") from None
+    if not isinstance(header, dict):
+        raise _not_a_checkpoint(file, "its safetensors header is not a JSON object")
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
+    ]
+    if len(ends) != len(header) - ("__metadata__" in header):
+        raise _not_a_checkpoint(file, "its safetensors header lists entries without data_offsets")
+    if not ends:
+        raise _not_a_checkpoint(file, "it holds no tensors (a header only)")
+    need = 8 + n + max(ends)
+    if size < need:
+        raise CheckpointError(
+            f"{file} is truncated: its header describes {need:,} bytes, the file holds {size:,}; "
+            f"copy or download it again"
+        )
+
+
+def sniff_torch(file: Path) -> None:
+    """Check a .pt/.pth file looks like ``torch.save`` output (a complete zip, or a legacy pickle)."""
+    import zipfile
+
+    size = file.stat().st_size
+    if size == 0:
+        raise _not_a_checkpoint(file, "it is empty (0 bytes)")
+    with _reading(file, "torch file header"), open(file, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":
+        if not zipfile.is_zipfile(file):
+            raise CheckpointError(f"{file} is truncated: its zip directory (the end of a torch.save file) is missing")
+        return
+    if magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return  # a legacy (pre-1.6) torch.save pickle; torch.load(weights_only=True) reads it safely
+    raise _not_a_checkpoint(file, "it is neither a torch.save zip nor a pickle (random or foreign bytes?)")
+
+
+def _detect(path: str | Path | None) -> _Source:
+    if path is not None:
+        _check_path(Path(path))
+    path = resolve_checkpoint(path)
+    _check_path(path)
     if path.is_file():
         name = path.name
         if name.endswith(".index.json"):
             return _Source("wan2.1", [], index=path)
         if path.suffix == ".safetensors":
+            sniff_safetensors(path)
             return _Source("wan2.1", [path])
         if path.suffix in (".pt", ".pth"):
+            sniff_torch(path)
             return _Source("torch", [path])
         raise _unknown(path, f"a {path.suffix or 'suffix-less'} file")
     config = _read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
@@ -474,6 +638,7 @@ def _detect(path: str | Path) -> _Source:
     if config is not None and config.get("format") == "videomla":
         if not (path / MODEL_FILE).is_file():
             raise CheckpointError(f"videomla checkpoint {path} has config.json but no {MODEL_FILE}")
+        sniff_safetensors(path / MODEL_FILE)
         return _Source("videomla", [path / MODEL_FILE], config=config)
     if (
         config is not None
@@ -482,9 +647,12 @@ def _detect(path: str | Path) -> _Source:
     ):
         raise CheckpointError(f"{path / CONFIG_FILE} describes a {config['_class_name']}, not a Wan2.1 transformer")
     if files or index:
+        for file in files:
+            sniff_safetensors(file)
         fmt = "diffusers" if config and config.get("_class_name") == "WanTransformer3DModel" else "wan2.1"
         return _Source(fmt, files, index=index, config=config)
     if (path / MODEL_FILE).is_file():
+        sniff_safetensors(path / MODEL_FILE)
         return _Source("videomla", [path / MODEL_FILE])
     listing = sorted(p.name for p in path.iterdir())[:_LIST_LIMIT]
     raise _unknown(path, f"the folder holds no checkpoint files (found {listing or 'nothing'})")
@@ -544,6 +712,89 @@ def read_checkpoint(path: str | Path, which: Which = "auto") -> tuple[StateDict,
         raw = _read_sharded(source.index) if source.index else _read_safetensors(source.files)
     state, _ = normalize_keys(raw, str(path))
     return state, _stored_config(source, state), metadata
+
+
+# -- component folders (Wan VAE, UMT5 text encoder) -----------------------------------------------
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def _component_path(folder: Path, what: str, expected: str) -> None:
+    try:
+        _check_path(folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {folder}: expected {expected}") from None
+    if not folder.is_dir():
+        raise CheckpointError(f"{what} path {folder} is a file; expected {expected}")
+
+
+def _component_config(folder: Path, what: str, expected: str) -> dict[str, Any]:
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        raise FileNotFoundError(f"no {what} at {folder}: expected {expected}")
+    return _read_json(config)
+
+
+def _component_weights(folder: Path, what: str) -> None:
+    files = [f for pattern in _WEIGHT_GLOBS for f in folder.glob(pattern) if f.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{what} folder {folder} has a config.json but no weights (*.safetensors or *.bin)")
+    for file in files:
+        if file.suffix == ".safetensors":
+            sniff_safetensors(file)
+        elif file.stat().st_size == 0:
+            raise _not_a_checkpoint(file, "it is empty (0 bytes)")
+
+
+def check_vae_folder(path: str | Path) -> Path:
+    """The Wan2.1 VAE folder to load from ``path`` (itself or its ``vae/``), checked before diffusers sees it.
+
+    Refuses, with the path and what is expected: a missing path, a symbolic link loop, a folder
+    without ``config.json``, a config that is not JSON or not an ``AutoencoderKLWan``, a folder
+    without weights, and empty, random or truncated ``.safetensors`` weights.
+    """
+    expected = (
+        "a diffusers AutoencoderKLWan folder (config.json + diffusion_pytorch_model.safetensors), "
+        "e.g. Wan2.1-T2V-1.3B-Diffusers/vae"
+    )
+    folder = Path(path)
+    _component_path(folder, "Wan VAE", expected)
+    if (folder / "vae" / CONFIG_FILE).is_file():
+        folder = folder / "vae"
+    config = _component_config(folder, "Wan VAE", expected)
+    name = config.get("_class_name")
+    if name != "AutoencoderKLWan":
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} describes {name or 'no diffusers class'}, not an AutoencoderKLWan"
+        )
+    _component_weights(folder, "Wan VAE")
+    return folder
+
+
+def check_text_encoder_folder(path: str | Path) -> tuple[Path, Path]:
+    """(encoder folder, tokenizer folder) of a UMT5 text encoder at ``path``, checked before transformers sees it.
+
+    ``path`` is a Wan2.1 diffusers root (``text_encoder/`` + ``tokenizer/``) or one folder holding
+    the encoder's config.json + weights and the tokenizer files.
+    """
+    expected = (
+        "a folder with text_encoder/ and tokenizer/ (a Wan2.1 diffusers root) or one with the encoder's "
+        "config.json + *.safetensors and the tokenizer files (tokenizer.json or spiece.model)"
+    )
+    root = Path(path)
+    _component_path(root, "UMT5 text encoder", expected)
+    if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
+        enc_dir, tok_dir = root / "text_encoder", root / "tokenizer"
+    else:
+        enc_dir = tok_dir = root
+    config = _component_config(enc_dir, "UMT5 text encoder", expected)
+    kinds = config.get("architectures") or [config.get("model_type")]
+    if config.get("model_type") not in ("umt5", "t5", "mt5"):
+        raise CheckpointError(f"{enc_dir / CONFIG_FILE} describes {kinds}, not a UMT5 encoder (model_type 'umt5')")
+    _component_weights(enc_dir, "UMT5 text encoder")
+    tokenizer_files = ("tokenizer.json", "spiece.model", "tokenizer.model")
+    if not any((tok_dir / name).is_file() for name in tokenizer_files):
+        raise FileNotFoundError(f"no tokenizer in {tok_dir}: expected one of {list(tokenizer_files)}")
+    return enc_dir, tok_dir
 
 
 # -- loading a model -----------------------------------------------------------------------------
@@ -680,6 +931,9 @@ def export_diffusers(model: CausalWanModel, out_dir: str | Path) -> Path:
 __all__ = [
     "CheckpointError",
     "check_state_dict",
+    "check_tensors",
+    "check_text_encoder_folder",
+    "check_vae_folder",
     "config_from_diffusers",
     "config_to_diffusers",
     "detect_mla",

@@ -76,17 +76,10 @@ class UMT5TextEncoder:
     ) -> UMT5TextEncoder:
         """Load from a local folder: a Wan2.1 diffusers root (``text_encoder/`` + ``tokenizer/``) or
         one folder holding both the encoder's config.json + weights and the tokenizer files."""
-        root = Path(path)
-        if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
-            enc_dir, tok_dir = root / "text_encoder", root / "tokenizer"
-        else:
-            enc_dir = tok_dir = root
-        if not (enc_dir / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no UMT5 text encoder at {path}: expected a folder with text_encoder/ and tokenizer/ "
-                f"(a Wan2.1 diffusers root) or one with the encoder's config.json + *.safetensors and the "
-                f"tokenizer files (tokenizer.json or spiece.model)"
-            )
+        from .checkpoint import check_text_encoder_folder
+
+        # config, weights and tokenizer checked here, so a broken folder is one named error, not transformers'
+        enc_dir, tok_dir = check_text_encoder_folder(path)
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
