@@ -11,6 +11,7 @@ after chunk 100.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from math import prod
 
@@ -59,12 +60,18 @@ class LayerCache:
         for name, value in values.items():
             self.buffers[name][:, start : start + value.shape[1]].copy_(value)
 
+    def _with_buffers(self, buffers: dict[str, torch.Tensor]) -> LayerCache:
+        other = copy.copy(self)
+        other.buffers = buffers
+        return other
+
     def select(self, index: int) -> LayerCache:
         """Stream ``index`` of the batch as a one-stream cache sharing these buffers (writes land here)."""
-        one = object.__new__(LayerCache)
-        one.spec, one.tokens_per_frame = self.spec, self.tokens_per_frame
-        one.buffers = {k: b[index : index + 1] for k, b in self.buffers.items()}
-        return one
+        return self._with_buffers({k: b[index : index + 1] for k, b in self.buffers.items()})
+
+    def clone(self) -> LayerCache:
+        """An independent copy (new buffers with the same contents)."""
+        return self._with_buffers({k: b.clone() for k, b in self.buffers.items()})
 
     def view(self, num_tokens: int) -> dict[str, torch.Tensor]:
         return {k: b[:, :num_tokens] for k, b in self.buffers.items()}
@@ -92,6 +99,7 @@ class StreamingCache:
     ):
         self.window = FrameWindow(stream)
         self.tokens_per_frame = tokens_per_frame
+        self.batch = batch
         device = torch.device(device)
         self.layers = [LayerCache(s, batch, self.window.slots, tokens_per_frame, device) for s in specs]
 
@@ -114,6 +122,13 @@ class StreamingCache:
         if frame < self.window.next_frame:
             raise ValueError(f"cannot go back to frame {frame}: frame {self.window.next_frame} is next")
         self.window.next_frame = frame
+
+    def clone(self) -> StreamingCache:
+        """An independent copy of the stream so far: a fork continues from here without touching this one."""
+        other = copy.copy(self)
+        other.window = copy.deepcopy(self.window)
+        other.layers = [layer.clone() for layer in self.layers]
+        return other
 
     def commit(self, n_current: int) -> None:
         for move in self.window.commit(n_current):

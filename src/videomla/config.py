@@ -198,6 +198,39 @@ class StreamConfig:
         return self.cached_frames + self.frames_per_chunk
 
 
+# The streaming semantics each family of causal Wan models was trained with (formats-and-peers.md):
+# Self-Forcing / CausVid attend to at most 21 latent frames, no sink, keys roped at absolute
+# positions; LongLive to 12 (3 sink), absolute; Reward Forcing to 9 (3 sink) with keys re-indexed
+# in the window; VideoMLA (the paper) to 1 sink + 6 cached frames, window-relative.
+STREAM_PRESETS: dict[str, StreamConfig] = {
+    "self-forcing": StreamConfig(sink_frames=0, window_frames=18, rope_mode="absolute"),
+    "longlive": StreamConfig.from_local_attn_size(12, 3, rope_mode="absolute"),
+    "reward-forcing": StreamConfig.from_local_attn_size(9, 3, rope_mode="window-relative"),
+    "videomla": StreamConfig(sink_frames=1, window_frames=6, rope_mode="window-relative"),
+}
+
+
+def stream_preset(name: str) -> StreamConfig:
+    try:
+        return STREAM_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown stream preset {name!r}; choose from {sorted(STREAM_PRESETS)}") from None
+
+
+def stream_name(stream: StreamConfig) -> str | None:
+    """The preset ``stream`` equals, if any (for summaries)."""
+    return next((name for name, s in STREAM_PRESETS.items() if s == stream), None)
+
+
+def describe_stream(stream: StreamConfig) -> str:
+    name = stream_name(stream)
+    text = (
+        f"{stream.sink_frames} sink + {stream.window_frames} cached + {stream.frames_per_chunk}-frame chunks "
+        f"({stream.attended_frames} attended), {stream.rope_mode} RoPE"
+    )
+    return f"{name} ({text})" if name else text
+
+
 PRESETS: dict[str, ModelConfig] = {
     "wan2.1-t2v-1.3b": ModelConfig(),
     "tiny": ModelConfig(
@@ -234,10 +267,12 @@ def preset(name: str) -> ModelConfig:
 
 __all__ = [
     "PRESETS",
+    "STREAM_PRESETS",
     "MLAConfig",
     "ModelConfig",
     "StreamConfig",
     "default_mla_for",
     "preset",
     "rope_axis_dims",
+    "stream_preset",
 ]

@@ -7,6 +7,9 @@ the timesteps actually used are [1000, 937.5, 833.3, 625].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -27,6 +30,35 @@ def warp_steps(steps: tuple[int, ...] = FOUR_STEPS, shift: float = DEFAULT_SHIFT
             raise ValueError(f"denoising steps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {s}")
     s = torch.tensor(steps, dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
     return shift_sigma(s, shift) * NUM_TRAIN_TIMESTEPS
+
+
+@dataclass(frozen=True)
+class SamplingSchedule:
+    """The few-step sampler a model was distilled for: its denoising list and the shift warping it.
+
+    Stored as the ``schedule`` section of a checkpoint's metadata, so a model distilled with
+    another list is sampled with it (``--steps`` / ``--shift`` override).
+    """
+
+    steps: tuple[int, ...] = FOUR_STEPS
+    shift: float = DEFAULT_SHIFT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        if not self.steps or list(self.steps) != sorted(set(self.steps), reverse=True):
+            raise ValueError(f"schedule steps must be a non-empty, strictly decreasing list, got {list(self.steps)}")
+        if not self.shift > 0:
+            raise ValueError(f"schedule shift must be positive, got {self.shift}")
+        warp_steps(self.steps, self.shift)  # range check
+
+    def timesteps(self) -> torch.Tensor:
+        return warp_steps(self.steps, self.shift)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "shift": self.shift}
+
+    def describe(self) -> str:
+        return f"{len(self.steps)} steps {list(self.steps)} at shift {self.shift:g}"
 
 
 def sigma_of(t: torch.Tensor | float) -> torch.Tensor:

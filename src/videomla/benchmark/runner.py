@@ -1,9 +1,13 @@
-"""Run the benchmark: every variant streams through the real sampler, timed chunk by chunk.
+"""Run the benchmark: every variant streams through the product path, timed chunk by chunk.
 
-Per variant (batch 1): a warm-up stream (compiles kernels, autotunes convolutions), then a
-timed stream of a 5 s clip plus steady-state chunks with the Wan-VAE decoding each chunk, then
-the same cache carried to 60 s and 5 min of video where a few more chunks are timed and their
-peak memory read. Batched streams and the concurrency limit follow for the variants asked.
+Per variant (batch 1) a :class:`~videomla.pipeline.Pipeline` is built around the random-weight
+model, a random-weight Wan VAE and hash text features at Wan's 512 tokens, with the same
+engine options ``videomla generate`` uses (fused kernels and CUDA graphs on CUDA, decode of
+chunk k overlapped with chunk k+1): a warm-up video (compiles kernels, captures graphs,
+autotunes convolutions), then a timed video of a 5 s clip plus steady-state chunks, through
+:meth:`Pipeline.run` itself. The same engine's cache is then carried to 60 s and 5 min of
+video where a few more chunks are timed and their peak memory read. Batched streams and the
+concurrency limit follow for the variants asked.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from tqdm import tqdm
 
 from ..attention.common import fast_kernels
 from ..cache import KVFootprint, StreamingCache
+from ..codecs import WanVAECodec
 from ..config import ModelConfig, preset
+from ..engine import EngineOptions, LatentGeometry, StreamEngine
 from ..model import CausalWanModel
-from ..sampler import LatentGeometry, stream_latents
+from ..pipeline import ChunkTiming, CodecSpec, GenerationSpec, Pipeline, TextSpec, VideoSpec
+from ..text import HashTextEncoder
 from .flops import ForwardShape, forward_flops
-from .graphs import GraphedStream
 from .measure import Clock, Memory, advance_cache, matmul_peak, median, percentile
-from .vae import StreamingVAEDecoder, random_wan_vae, set_layout
 from .variants import Variant
 
 VIDEO_FPS = 16
@@ -37,11 +42,6 @@ GIB = 1 << 30
 def latent_frames(seconds: float) -> int:
     """Latent frames of a video of ``seconds`` at 16 fps: 5 s = 81 frames = 21 latent frames."""
     return 1 + round(seconds * VIDEO_FPS) // TEMPORAL_COMPRESSION
-
-
-def video_frames(first_latent: int, count: int) -> int:
-    """Video frames decoded from latent frames ``first_latent .. first_latent + count - 1``."""
-    return sum(1 if f == 0 else TEMPORAL_COMPRESSION for f in range(first_latent, first_latent + count))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +107,21 @@ class BenchSetup:
         return cfg.with_mla() if attention == "mla" else cfg
 
 
+class LatentsOnly:
+    """The Wan-VAE's geometry without its weights: the codec of a ``--no-vae`` run (latents out)."""
+
+    spatial_stride = 8
+
+    def __init__(self, latent_channels: int):
+        self.latent_channels = latent_channels
+
+    def frames_for(self, latent_frames: int) -> int:
+        return CodecSpec("wan-vae").frames_for(latent_frames)
+
+    def stream_decoder(self):
+        raise RuntimeError("this benchmark runs without a VAE (--no-vae): latents only")
+
+
 class Bench:
     """One benchmark run: holds the device, the measured matmul ceiling, the VAE and the clock."""
 
@@ -114,40 +129,21 @@ class Bench:
         self.setup = setup
         self.device = setup.torch_device
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda but no CUDA device is visible")
+            raise ValueError("--device cuda but no CUDA device is visible (use --device cpu for the bookkeeping checks)")
         self.clock = Clock(self.device)
         self.memory = Memory(self.device)
         self.progress = progress
         torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: autotuned once in warm-up
         self.peak = matmul_peak(self.device)
-        self.vae = random_wan_vae(self.device, setup.dtype, **setup.vae_config) if setup.vae else None
+        if setup.vae:
+            try:
+                self.codec = WanVAECodec.random(self.device, setup.dtype, **setup.vae_config)
+            except ImportError as err:  # optional extra
+                raise ValueError("VAE timing needs diffusers (pip install 'videomla[wan]'), or pass --no-vae") from err
+        else:
+            self.codec = None
         self.generator = torch.Generator(self.device).manual_seed(setup.seed)
-        self.vae_layouts = self.pick_vae_layout()
-
-    def pick_vae_layout(self) -> dict | None:
-        """Time a steady chunk's decode with NCDHW and NDHWC weights; keep the faster for the run."""
-        if self.vae is None or self.device.type != "cuda":
-            self.vae_channels_last = False
-            return None
-        h, w = self.setup.latent_size
-        z = torch.randn(1, self.vae.config.z_dim, 3, h, w, device=self.device, dtype=self.setup.dtype)
-        times = {}
-        for channels_last in (False, True):
-            set_layout(self.vae, channels_last)
-            decoder = StreamingVAEDecoder(self.vae, channels_last)
-            for _ in range(3):  # first chunk, then steady chunks (autotuning happens here)
-                decoder.decode(z)
-            marks = [self.clock.mark()]
-            for _ in range(3):
-                decoder.decode(z)
-                marks.append(self.clock.mark())
-            self.clock.sync()
-            name = "ndhwc" if channels_last else "ncdhw"
-            times[name] = median([self.clock.ms(a, b) for a, b in itertools.pairwise(marks)])
-        self.vae_channels_last = times["ndhwc"] < times["ncdhw"]
-        set_layout(self.vae, self.vae_channels_last)
-        self.vae.clear_cache()
-        return {"chunk_decode_ms": times, "chosen": "ndhwc" if self.vae_channels_last else "ncdhw"}
+        self.vae_layouts = None if self.codec is None else {"channels_last": self.codec.channels_last}
 
     # -- helpers ---------------------------------------------------------------------------------
     def text(self, model: CausalWanModel, batch: int) -> torch.Tensor:
@@ -164,18 +160,24 @@ class Bench:
         h, w = self.setup.latent_size
         return model.new_cache(variant.stream, batch, h, w, self.setup.dtype, self.device)
 
-    def stream(self, model, variant, cache, text, chunks: int):
-        """The real sampler; ``model`` may be a :class:`GraphedStream` standing in for the model."""
-        return stream_latents(
-            model,
-            text,
-            self.geometry(model),
-            variant.stream,
-            num_chunks=chunks,
-            batch=text.shape[0],
-            generator=self.generator,
-            cache=cache,
+    def options(self, variant: Variant) -> EngineOptions:
+        """What ``videomla generate`` runs on this device (``fast=False``: the reference kernels)."""
+        cuda = self.device.type == "cuda"
+        return EngineOptions(
+            compile=variant.fast and cuda, cuda_graphs=variant.fast and cuda, compile_backend=self.setup.compile_backend
         )
+
+    def pipeline(self, model: CausalWanModel, variant: Variant) -> Pipeline:
+        s = self.setup
+        spec = GenerationSpec(
+            codec=CodecSpec("wan-vae"),
+            text_encoder=TextSpec("hash", max_tokens=s.text_tokens),
+            video=VideoSpec(s.height, s.width, VIDEO_FPS),
+            stream=variant.stream,
+        )
+        codec = self.codec or LatentsOnly(model.config.in_channels)
+        text = HashTextEncoder(model.config.text_dim, s.text_tokens)
+        return Pipeline(model, spec, codec, text, options=self.options(variant))
 
     def configure(self, model: CausalWanModel, variant: Variant) -> None:
         if variant.attention == "mla":
@@ -193,27 +195,37 @@ class Bench:
         return n * math.ceil(variant.stream.cached_frames / n)
 
     # -- the timed stream -----------------------------------------------------------------------
-    def timed_chunks(self, model, variant, cache, text, chunks: int, decoder: StreamingVAEDecoder | None) -> dict:
-        """Run ``chunks`` chunks; per-chunk transformer and VAE times (ms) from device events."""
-        first = cache.window.next_frame
-        gen = self.stream(model, variant, cache, text, chunks)
-        starts, ends, vae_ends, decoded = [], [], [], []
-        for _ in range(chunks):
-            starts.append(vae_ends[-1] if vae_ends else ends[-1] if ends else self.clock.mark())
-            x0 = next(gen)
-            ends.append(self.clock.mark())
-            if decoder is not None:
-                decoded.append(decoder.decode(x0).shape[2])
-                vae_ends.append(self.clock.mark())
-        self.clock.sync()
-        transformer = [self.clock.ms(a, b) for a, b in zip(starts, ends)]
-        vae = [self.clock.ms(a, b) for a, b in zip(ends, vae_ends)]
+    def timed_video(self, pipe: Pipeline, variant: Variant, chunks: int) -> dict:
+        """One video of ``chunks`` chunks through :meth:`Pipeline.run`; its per-chunk timings."""
         n = variant.stream.frames_per_chunk
-        expected = [video_frames(first + i * n, n) for i in range(chunks)]
-        if decoder is not None and decoded != expected:
-            raise RuntimeError(f"VAE decoded {decoded} frames per chunk, expected {expected}")
-        finite = bool(torch.isfinite(x0).all())
-        return {"transformer_ms": transformer, "vae_ms": vae or None, "video_frames": expected, "finite": finite}
+        seconds = pipe.spec.codec.frames_for(chunks * n) / VIDEO_FPS
+        output = "none" if self.codec is not None else "latent"
+        request = pipe.request("a benchmark prompt", seconds, seed=self.setup.seed, output=output)
+        if request.num_chunks != chunks:
+            raise RuntimeError(f"a {seconds:g} s request makes {request.num_chunks} chunks, not {chunks}")
+        timings: list[ChunkTiming] = []
+        for _ in pipe.run(request, on_chunk=timings.append):
+            pass
+        finite = pipe.engine is not None and pipe.engine.first_nonfinite_layer() is None
+        return {
+            "transformer_ms": [t.step_ms for t in timings],
+            "vae_ms": [t.decode_ms for t in timings] if self.codec is not None else None,
+            "ready_s": [t.ready_s for t in timings],
+            "video_frames": [t.frames for t in timings],
+            "finite": finite,
+        }
+
+    def timed_steps(self, engine: StreamEngine, text: torch.Tensor, chunks: int) -> dict:
+        """``chunks`` engine steps timed with device events (no decode): horizons and batches."""
+        marks = [self.clock.mark()]
+        for _ in range(chunks):
+            x0 = engine.step(text, self.generator)
+            marks.append(self.clock.mark())
+        self.clock.sync()
+        return {
+            "transformer_ms": [self.clock.ms(a, b) for a, b in itertools.pairwise(marks)],
+            "finite": bool(torch.isfinite(x0).all()),
+        }
 
     def variant_flops(self, model: CausalWanModel, variant: Variant, batch: int, key_frames: int) -> dict:
         h, w = self.setup.latent_size
@@ -233,10 +245,7 @@ class Bench:
         clip_chunks = math.ceil(latent_frames(s.clip_seconds) / n)
         fill_chunks = self.fill_frame(variant) // n
         chunks = max(clip_chunks, fill_chunks) + s.steady_chunks
-        decoder = StreamingVAEDecoder(self.vae, self.vae_channels_last) if self.vae is not None else None
-        text = self.text(model, 1)
-        graphed = variant.fast and self.device.type == "cuda"
-        runner = GraphedStream(model) if graphed else model
+        options = self.options(variant)
         out: dict = {
             "name": variant.name,
             "description": variant.description,
@@ -251,8 +260,9 @@ class Bench:
             },
             "mla_path": variant.resolved_path(model.config, n * tpf),
             "kv_fp8": variant.kv_fp8,
-            "fast_kernels": variant.fast,
-            "cuda_graphs": graphed,
+            "fast_kernels": bool(options.compile),
+            "cuda_graphs": bool(options.cuda_graphs),
+            "decode_overlap": self.codec is not None and self.device.type == "cuda",
             "kv_bytes_per_token": footprint.bytes_per_token,
             "kv_bytes_per_token_per_layer": footprint.bytes_per_token_per_layer[0],
             "kv_numbers_per_token_per_layer": footprint.numbers_per_token_per_layer[0],
@@ -265,41 +275,46 @@ class Bench:
             "first_chunk": FORWARDS_PER_CHUNK * first_flops["total"],
             "per_forward": steady_flops,
         }
+        text = self.text(model, 1)
         out["fast_vs_reference_rel_err"] = self.fast_error(model, variant, text) if variant.fast else None
         self.memory.free()
-        with self.kernels(variant):
-            # warm-up: every cache fill level once (kernels compile per shape, the steady step is
-            # captured as a CUDA graph), VAE autotuning
-            cache = self.new_cache(model, variant, 1)
-            self.timed_chunks(runner, variant, cache, text, fill_chunks + 1, decoder)
-            # the timed stream: a new video (cache emptied, buffers and graph kept), warm process
-            cache.reset()
-            if decoder is not None:
-                decoder.reset()
-            self.memory.reset_peak()
-            out["cache_allocated_bytes"] = sum(layer.nbytes for layer in cache.layers)
-            run = self.timed_chunks(runner, variant, cache, text, chunks, decoder)
-            out["stream"] = self.summarise(run, variant, out["flops"]["per_chunk"], clip_chunks, fill_chunks)
-            memory = {f"{s.clip_seconds:g}s": self.memory_point(cache, "streamed", 0, chunks * n, self.memory.peak())}
-            for seconds in s.horizons:
-                if seconds <= s.clip_seconds:
-                    continue
-                memory[f"{seconds:g}s"] = self.horizon(runner, variant, cache, text, decoder, seconds)
-            out["memory"] = memory
-            out["memory_flat"] = self.is_flat(memory)
-            out["graph_captures"] = runner.captures if graphed else 0
-            out["graph_error"] = runner.error if graphed else None
-            if graphed:
-                runner.release()
-            del cache
-            self.memory.free()
-            out["batched"] = [
-                self.batched(model, variant, b) for b in s.batch_sizes if variant.name in s.batched_variants
-            ]
+        pipe = self.pipeline(model, variant)
+        # warm-up: one video through every cache fill level (kernels compile per shape, each fill
+        # level's forward is captured as a CUDA graph), VAE autotuning
+        self.timed_video(pipe, variant, fill_chunks + 2)
+        # the timed video: a new video in the same engine (cache emptied, buffers and graphs kept)
+        self.memory.reset_peak()
+        run = self.timed_video(pipe, variant, chunks)
+        engine = pipe.engine
+        assert engine is not None
+        out["cache_allocated_bytes"] = engine.cache.nbytes
+        out["stream"] = self.summarise(
+            run, out["flops"]["per_chunk"], clip_chunks, fill_chunks, self.peak["tflops"]
+        )
+        cache = engine.cache
+        memory = {f"{s.clip_seconds:g}s": self.memory_point(cache, "streamed", 0, chunks * n, self.memory.peak())}
+        for seconds in s.horizons:
+            if seconds <= s.clip_seconds:
+                continue
+            memory[f"{seconds:g}s"] = self.horizon(engine, variant, text, seconds)
+        out["memory"] = memory
+        out["memory_flat"] = self.is_flat(memory)
+        graphs = engine.graphs
+        out["graph_captures"] = graphs.captures if graphs is not None else 0
+        out["graph_error"] = graphs.error if graphs is not None else None
+        del pipe, engine, cache
+        self.memory.free()
+        out["batched"] = [self.batched(model, variant, b) for b in s.batch_sizes if variant.name in s.batched_variants]
         return out
 
-    def summarise(self, run: dict, variant: Variant, flops_per_chunk: int, clip_chunks: int, fill: int) -> dict:
-        t, v = run["transformer_ms"], run["vae_ms"]
+    @staticmethod
+    def summarise(run: dict, flops_per_chunk: int, clip_chunks: int, fill: int, peak_tflops: float | None) -> dict:
+        """FPS, latency and utilisation from one timed video's per-chunk times.
+
+        ``transformer_ms``: each chunk's step (device time); ``ready_s``: when each chunk's frames
+        were ready, from the start of the run (wall time, decode included, as a viewer sees it).
+        """
+        t, v, ready = run["transformer_ms"], run["vae_ms"], run["ready_s"]
         frames = run["video_frames"]
         steady = list(range(fill, len(t)))
         steady_ms = median([t[i] for i in steady])
@@ -308,6 +323,7 @@ class Bench:
             "steady_chunk_indices": [steady[0], steady[-1]],
             "transformer_ms": t,
             "vae_ms": v,
+            "ready_s": ready,
             "video_frames": frames,
             "steady_chunk_ms": steady_ms,
             "steady_chunk_ms_p90": percentile([t[i] for i in steady], 0.9),
@@ -318,15 +334,20 @@ class Bench:
             "output_finite": run["finite"],
             "achieved_tflops": flops_per_chunk / (steady_ms * 1e-3) / 1e12,
         }
-        peak = self.peak["tflops"]
-        out["fraction_of_matmul_peak"] = None if peak is None else out["achieved_tflops"] / peak
-        out["flop_floor_ms"] = None if peak is None else flops_per_chunk / (peak * 1e12) * 1e3
+        out["fraction_of_matmul_peak"] = None if peak_tflops is None else out["achieved_tflops"] / peak_tflops
+        out["flop_floor_ms"] = None if peak_tflops is None else flops_per_chunk / (peak_tflops * 1e12) * 1e3
+        out["flop_floor_fps"] = None if peak_tflops is None else frames[-1] / out["flop_floor_ms"] * 1e3
+        gaps = [1e3 * (b - a) for a, b in itertools.pairwise(ready)]  # gaps[i]: chunk i+1's wall time
+        steady_gaps = [gaps[i - 1] for i in steady if i >= 1]
+        out["steady_chunk_wall_ms"] = median(steady_gaps) if steady_gaps else None
+        out["fps_wall"] = frames[-1] / out["steady_chunk_wall_ms"] * 1e3 if steady_gaps else None
+        out["clip_fps_wall"] = sum(frames[:clip_chunks]) / ready[clip_chunks - 1]
+        out["ttfc_wall_ms"] = 1e3 * ready[0]
         if v is not None:
-            total = [a + b for a, b in zip(t, v)]
             out["vae_chunk_ms"] = median([v[i] for i in steady])
-            out["fps_with_vae"] = frames[-1] / median([total[i] for i in steady]) * 1e3
-            out["clip_fps_with_vae"] = sum(frames[:clip_chunks]) / sum(total[:clip_chunks]) * 1e3
-            out["ttfc_with_vae_ms"] = total[0]
+            out["fps_with_vae"] = out["fps_wall"]
+            out["clip_fps_with_vae"] = out["clip_fps_wall"]
+            out["ttfc_with_vae_ms"] = out["ttfc_wall_ms"]
         else:
             out.update(vae_chunk_ms=None, fps_with_vae=None, clip_fps_with_vae=None, ttfc_with_vae_ms=None)
         return out
@@ -339,25 +360,26 @@ class Bench:
             "peak_allocated": peak,
             "reserved": self.memory.reserved(),
             "segments": self.memory.segments(),
-            "cache_allocated_bytes": sum(layer.nbytes for layer in cache.layers),
+            "cache_allocated_bytes": cache.nbytes,
         }
 
-    def horizon(self, model, variant, cache, text, decoder, seconds: float) -> dict:
-        """Carry the stream to ``seconds`` of video, then time ``horizon_chunks`` chunks there."""
+    def horizon(self, engine: StreamEngine, variant: Variant, text: torch.Tensor, seconds: float) -> dict:
+        """Carry the engine's stream to ``seconds`` of video, then time ``horizon_chunks`` chunks there."""
         s = self.setup
         n = variant.stream.frames_per_chunk
+        cache = engine.cache
         last = n * ((latent_frames(seconds) - 1) // n)  # first frame of the chunk holding the last frame
         first = max(cache.window.next_frame, last - n * (s.horizon_chunks - 1))
         self.memory.reset_peak()
         if variant.name == s.full_stream and seconds <= s.full_stream_seconds:
             method = "streamed"
             gap = (first - cache.window.next_frame) // n
-            for _ in tqdm(self.stream(model, variant, cache, text, gap), total=gap, disable=not self.progress):
-                pass
+            for _ in tqdm(range(gap), disable=not self.progress):
+                engine.step(text, self.generator)
         else:
             method = "fast-forwarded"
             advance_cache(cache, first)
-        run = self.timed_chunks(model, variant, cache, text, s.horizon_chunks, decoder)
+        run = self.timed_steps(engine, text, s.horizon_chunks)
         point = self.memory_point(cache, method, first, cache.window.next_frame, self.memory.peak())
         point["chunk_ms"] = run["transformer_ms"]
         point["output_finite"] = run["finite"]
@@ -379,13 +401,16 @@ class Bench:
         return cache
 
     def batched(self, model, variant, batch: int) -> dict:
-        """Aggregate throughput of ``batch`` streams in one batch, at steady state."""
+        """Aggregate throughput of ``batch`` streams advanced together by one engine, at steady state."""
         text = self.text(model, batch)
-        cache = self.steady_cache(model, variant, batch)
-        runner = GraphedStream(model) if variant.fast and self.device.type == "cuda" else model
-        self.timed_chunks(runner, variant, cache, text, 1, None)  # compiles / captures for this batch size
+        engine = StreamEngine(
+            model, variant.stream, self.geometry(model), batch=batch, cache_dtype=self.setup.dtype,
+            options=self.options(variant),
+        )  # fmt: skip
+        advance_cache(engine.cache, self.fill_frame(variant))
+        self.timed_steps(engine, text, 1)  # compiles / captures for this batch size
         self.memory.reset_peak()
-        run = self.timed_chunks(runner, variant, cache, text, self.setup.batched_chunks, None)
+        run = self.timed_steps(engine, text, self.setup.batched_chunks)
         ms = median(run["transformer_ms"])
         frames = TEMPORAL_COMPRESSION * variant.stream.frames_per_chunk  # steady chunks are never the first
         result = {
@@ -395,9 +420,7 @@ class Bench:
             "fps_per_stream": frames / ms * 1e3,
             "peak_allocated": self.memory.peak(),
         }
-        if isinstance(runner, GraphedStream):
-            runner.release()
-        del cache, text, runner
+        del engine, text
         self.memory.free()
         return result
 

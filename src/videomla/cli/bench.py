@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from ..benchmark import DEFAULT_VARIANTS, VARIANTS, BenchSetup, markdown, parse_variants, run_bench, targets, validate
 from ..benchmark.report import SCHEMA, provenance, to_json, write_atomic
 from ..config import PRESETS
@@ -33,7 +35,11 @@ _OTHERS = ", ".join(sorted(set(VARIANTS) - set(DEFAULT_VARIANTS)))
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark streaming variants: speed, memory, FLOPs", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="wan2.1-t2v-1.3b", help="model size (random weights)")
-    p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (bookkeeping checks only)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda (the benchmark; default when available) or cpu (bookkeeping checks only)",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights, activations and cache")
     p.add_argument(
         "--variants",
@@ -94,7 +100,9 @@ def setup_from_args(args: argparse.Namespace) -> BenchSetup:
     if args.preset != "wan2.1-t2v-1.3b":  # a small model gets a small VAE with matching latent channels
         from ..config import preset
 
-        vae_config = {"base_dim": 8, "z_dim": preset(args.preset).in_channels, "dim_mult": [1, 2, 2, 2]}
+        z = preset(args.preset).in_channels
+        vae_config = {"base_dim": 8, "z_dim": z, "dim_mult": [1, 2, 2, 2], "latents_mean": [0.0] * z}
+        vae_config["latents_std"] = [1.0] * z
     setup = BenchSetup(
         preset=args.preset,
         device=args.device,

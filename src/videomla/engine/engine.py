@@ -1,0 +1,210 @@
+"""The streaming engine: one object owns a stream's cache and advances it one chunk at a time.
+
+Per chunk (Self-Forcing's exact loop): start from noise, for each warped timestep predict the
+velocity, convert to x0, re-noise x0 to the next step's sigma with fresh noise; after the last
+step run the clean chunk once at t = 0 with ``write=True``: the only pass that stays in the
+cache. Everything a stream holds is fixed-size: the cache, and with KV-recache the clean latents
+of the cached frames, so chunk 100 costs the memory of chunk 10.
+
+The cache has one owner: the engine creates it (:meth:`StreamEngine.reset` starts a new video in
+the same buffers), advances it (:meth:`step`), rebuilds it under a new prompt (:meth:`recache`)
+and copies it (:meth:`fork`). ``batch`` streams advance together, each with its own cache slot,
+text row and noise generator, which is what a server batching many streams needs.
+
+Fast paths (:class:`EngineOptions`): fused kernels (``torch.compile``'d norms, RoPE and adaLN,
+fp32 RoPE tables, cuDNN-first SDPA) and CUDA-graph replay of every chunk forward. Both are off
+on CPU by default and tested against the eager reference path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.common import fast_kernels
+from ..cache import KVFootprint, StreamingCache
+from ..config import StreamConfig
+from ..model import CausalWanModel
+from ..schedule import SamplingSchedule, add_noise, sigma_of, to_x0
+from .graphs import ChunkGraphs
+from .recache import LatentHistory, recache
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class LatentGeometry:
+    """Latent video size: channels and spatial size per latent frame."""
+
+    channels: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the chunk step runs. ``None`` means: on for CUDA, off elsewhere.
+
+    ``compile``: the fused-kernel fast path (``compile_backend`` is the ``torch.compile``
+    backend; ``"eager"`` / ``"aot_eager"`` run it without a C++ toolchain). ``cuda_graphs``:
+    replay chunk forwards from CUDA graphs (CUDA only).
+    """
+
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    compile_backend: str = "inductor"
+
+    def resolve(self, device: torch.device) -> EngineOptions:
+        cuda = device.type == "cuda"
+        if self.cuda_graphs and not cuda:
+            raise ValueError(f"CUDA graphs need a CUDA device, the model is on {device}")
+        return EngineOptions(
+            compile=cuda if self.compile is None else self.compile,
+            cuda_graphs=cuda if self.cuda_graphs is None else self.cuda_graphs,
+            compile_backend=self.compile_backend,
+        )
+
+
+class NonFiniteError(RuntimeError):
+    """The stream produced NaN or Inf: names the chunk and the first layer whose cache shows it."""
+
+
+class StreamEngine:
+    """``batch`` streams of one model, their cache, and the few-step chunk step."""
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        stream: StreamConfig,
+        geometry: LatentGeometry,
+        *,
+        batch: int = 1,
+        schedule: SamplingSchedule | None = None,
+        cache_dtype: torch.dtype | None = None,
+        options: EngineOptions | None = None,
+        keep_history: bool = False,
+    ):
+        if stream.cached_frames == 0:
+            raise ValueError(
+                "sink 0 + window 0 leaves the cache no frame: every chunk would be generated with no memory "
+                "of the video; use a window or sink of at least 1 frame"
+            )
+        param = next(model.parameters())
+        self.model, self.stream, self.geometry, self.batch = model, stream, geometry, batch
+        self.device, self.dtype = param.device, param.dtype
+        self.schedule = schedule or SamplingSchedule()
+        self.timesteps = self.schedule.timesteps()
+        self.options = (options or EngineOptions()).resolve(self.device)
+        self.cache: StreamingCache = model.new_cache(
+            stream, batch, geometry.height, geometry.width, cache_dtype or self.dtype, self.device
+        )
+        self.graphs = ChunkGraphs(model) if self.options.cuda_graphs else None
+        self.keep_history = keep_history
+        self.history: LatentHistory | None = None
+        self.chunks = 0
+
+    # -- what the stream holds ------------------------------------------------------------------
+    @property
+    def chunk_shape(self) -> tuple[int, int, int, int, int]:
+        g = self.geometry
+        return (self.batch, g.channels, self.stream.frames_per_chunk, g.height, g.width)
+
+    @property
+    def next_frame(self) -> int:
+        return self.cache.window.next_frame
+
+    def footprint(self) -> KVFootprint:
+        """Bytes of the persistent cache and of a dense cache of the same window."""
+        model = self.model
+        specs = [layer.spec for layer in self.cache.layers]
+        return KVFootprint.of(specs, model.config.dim, self.dtype, self.stream, self.cache.tokens_per_frame, self.batch)
+
+    def held_bytes(self) -> int:
+        """Everything this engine keeps between chunks (cache buffers + recache history)."""
+        history = 0 if self.history is None else self.history.buffer.numel() * self.history.buffer.element_size()
+        return self.cache.nbytes + history
+
+    # -- the chunk step -------------------------------------------------------------------------
+    def step(self, text: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """Denoise the next chunk and commit it to the cache; returns its clean latents [B, C, n, H, W].
+
+        ``text``: embedded text [B or 1, L, dim] (:meth:`CausalWanModel.embed_text`).
+        ``generator``: one for the batch, or one per stream (each stream's noise then equals
+        what it would draw alone).
+        """
+        forward = self.graphs.forward_chunk if self.graphs is not None else self.model.forward_chunk
+        text = text.expand(self.batch, -1, -1) if text.shape[0] == 1 and self.batch > 1 else text
+        steps = self.timesteps
+        with self._kernels(), torch.no_grad():
+            x = self._noise(generator)
+            for i, t in enumerate(steps):
+                velocity = forward(x, self._timestep(t), text, self.cache)
+                x0 = to_x0(x, velocity, sigma_of(t))
+                if i + 1 < len(steps):
+                    x = add_noise(x0, self._noise(generator), sigma_of(steps[i + 1]))
+            forward(x0, self._timestep(0.0), text, self.cache, write=True)
+        if self.keep_history:
+            self.history = self.history or LatentHistory(self.stream.cached_frames, x0)
+            self.history.update(x0, self.next_frame - x0.shape[2], self.cache.window.slot_frame)
+        self.chunks += 1
+        return x0
+
+    def recache(self, text: torch.Tensor, keep_sink: bool = False) -> None:
+        """Rebuild the cache under ``text`` (a prompt switch); needs ``keep_history=True``."""
+        if not self.keep_history:
+            raise ValueError("recache needs an engine built with keep_history=True")
+        if self.history is None:
+            return  # nothing cached yet
+        with self._kernels():
+            recache(self.model, self.cache, self.history, text, keep_sink)
+
+    def reset(self) -> None:
+        """Start a new video in the same buffers (graphs captured for them stay valid)."""
+        self.cache.reset()
+        self.history = None
+        self.chunks = 0
+
+    def fork(self) -> StreamEngine:
+        """An independent engine continuing from this exact state (cache and history copied)."""
+        other = object.__new__(StreamEngine)
+        other.__dict__.update(self.__dict__)
+        other.cache = self.cache.clone()
+        other.history = None if self.history is None else self.history.clone()
+        other.graphs = ChunkGraphs(self.model) if self.graphs is not None else None
+        return other
+
+    def check_finite(self, finite: torch.Tensor | bool, chunk: int) -> None:
+        """Raise :class:`NonFiniteError` for a non-finite chunk, naming the first layer whose cache shows it."""
+        if bool(finite):
+            return
+        first = self.first_nonfinite_layer()
+        where = f"; first seen in the cache of layer {first}" if first is not None else ""
+        raise NonFiniteError(
+            f"chunk {chunk} came out NaN/Inf{where}. Check the checkpoint's weights and dtype "
+            f"(fp16 overflows where bf16 does not); frames before this chunk were kept"
+        )
+
+    def first_nonfinite_layer(self) -> int | None:
+        for i, layer in enumerate(self.cache.layers):
+            if any(not torch.isfinite(b.float()).all() for b in layer.buffers.values()):
+                return i
+        return None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _kernels(self):
+        return fast_kernels(self.options.compile_backend) if self.options.compile else nullcontext()
+
+    def _timestep(self, t: torch.Tensor | float) -> torch.Tensor:
+        return torch.full((self.batch,), float(t), device=self.device, dtype=torch.float64)
+
+    def _noise(self, generator: Generators) -> torch.Tensor:
+        shape = self.chunk_shape
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+        if len(generator) != self.batch:
+            raise ValueError(f"{len(generator)} generators for a batch of {self.batch} streams")
+        one = (1, *shape[1:])
+        return torch.cat([torch.randn(one, generator=g, device=self.device, dtype=self.dtype) for g in generator])

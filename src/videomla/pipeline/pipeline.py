@@ -1,0 +1,447 @@
+"""Text-to-video as a product: a checkpoint and prompts in, decoded frames streamed out.
+
+:class:`Pipeline` ties the pieces together: the DiT (:func:`videomla.checkpoint.load_model`),
+the codec and text encoder the checkpoint's metadata names (:class:`GenerationSpec`), the
+streaming engine (:class:`~videomla.engine.StreamEngine`, which owns the cache and the chunk
+step), a chunk-by-chunk decoder (overlapped with the next chunk on CUDA) and a streaming
+writer (:mod:`videomla.video_io`). Everything it holds while streaming is fixed-size, so an
+hour costs the memory of a second.
+
+Prompt switching (as LongLive does): the cross-attention text changes at the chunk containing
+the switch time. With ``recache=True`` the cache is also rebuilt then under the new prompt
+(``keep_sink=True`` keeps the sink as it was, LongLive's ``global_sink``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_metadata, load_model, resolve_checkpoint
+from ..codecs import PixelCodec, VideoCodec, WanVAECodec
+from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, StreamEngine
+from ..model import CausalWanModel
+from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
+from ..video_io import open_writer
+from .prompts import Prompts
+from .request import GenerationRequest
+from .spec import CodecSpec, GenerationSpec, TextSpec
+from .summary import RunSummary
+
+
+@dataclass
+class FrameChunk:
+    """One chunk: uint8 frames [n, H, W, 3] (numpy or torch; latents [1, C, f, h, w] for
+    ``output="latent"``; None for ``"none"``), where it sits, its prompt."""
+
+    index: int
+    start_frame: int
+    prompt: str
+    frames: np.ndarray | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class ChunkTiming:
+    """Per-chunk times a caller can collect (``on_chunk``): what ``videomla bench`` records."""
+
+    index: int
+    frames: int
+    step_ms: float  # denoising + cache write (CUDA events on CUDA)
+    decode_ms: float | None
+    ready_s: float  # seconds since the run started when the frames were ready
+
+
+def check_attention(model: CausalWanModel, attention: str | None, mla_path: str = "auto") -> None:
+    """``attention`` converts nothing: it asserts what the checkpoint holds and selects the MLA path."""
+    if attention not in (None, "dense", "mla"):
+        raise ValueError(f"attention must be 'dense' or 'mla', got {attention!r}")
+    if mla_path not in ("auto", "materialised", "absorbed"):
+        raise ValueError(f"mla_path must be 'auto', 'materialised' or 'absorbed', got {mla_path!r}")
+    n_mla, n = len(model.mla_layers()), len(model.blocks)
+    has = f"MLA attention in {n_mla} of {n} layers" if n_mla else "dense attention in all layers"
+    if attention == "dense" and n_mla:
+        raise ValueError(f"dense attention was asked for, but the checkpoint has {has}")
+    if attention == "mla" and not n_mla:
+        raise ValueError(f"MLA attention was asked for, but the checkpoint has {has}; convert or distill it first")
+    if mla_path != "auto" and not n_mla:
+        raise ValueError(f"an MLA path ({mla_path}) was asked for, but the checkpoint has {has}")
+    model.set_mla_path(mla_path)
+
+
+def build_codec(spec: CodecSpec, device: torch.device, dtype: torch.dtype) -> VideoCodec:
+    if spec.type == "pixel":
+        return PixelCodec(spec.spatial_stride, spec.scale, spec.offset)
+    if spec.path is None:
+        raise FileNotFoundError(
+            "this checkpoint decodes with the Wan2.1 VAE: give its folder (--vae PATH, a diffusers "
+            "AutoencoderKLWan folder such as Wan2.1-T2V-1.3B-Diffusers/vae)"
+        )
+    return WanVAECodec.from_folder(spec.path, device, dtype)
+
+
+def build_text_encoder(spec: TextSpec, text_dim: int | None, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+    """``text_dim``: the model's, used by a hash encoder whose metadata leaves it out."""
+    if spec.type == "hash":
+        dim = spec.text_dim or text_dim
+        if dim is None:
+            raise ValueError("a hash text encoder needs text_dim (from its metadata or the model)")
+        return HashTextEncoder(dim, spec.max_tokens or 16)
+    if spec.path is None:
+        raise FileNotFoundError(
+            "this checkpoint reads UMT5-XXL text features: give the encoder's folder (--text-encoder PATH, "
+            "e.g. Wan2.1-T2V-1.3B-Diffusers, holding text_encoder/ and tokenizer/), or --text-encoder hash "
+            "for built-in hash features (benchmarks and smoke tests: the model will not follow the prompt)"
+        )
+    return UMT5TextEncoder.from_folder(spec.path, device, dtype, spec.max_tokens or 512)
+
+
+def resolve_spec(
+    checkpoint: str | Path | None, vae: str | Path | None = None, text_encoder: str | Path | None = None
+) -> tuple[Path, GenerationSpec]:
+    """A checkpoint's path and generation spec, with ``vae`` / ``text_encoder`` folders applied.
+
+    Reads config.json only, so a request can be validated before any weights load.
+    ``text_encoder="hash"`` swaps UMT5 for the built-in hash features at Wan's 512 tokens.
+    """
+    path = resolve_checkpoint(checkpoint)
+    spec = GenerationSpec.from_dict(load_metadata(path))
+    if vae is not None:
+        if spec.codec.type != "wan-vae":
+            raise ValueError(f"a VAE folder was given, but this checkpoint uses the {spec.codec.type} codec")
+        spec = dataclasses.replace(spec, codec=dataclasses.replace(spec.codec, path=str(vae)))
+    if text_encoder == "hash":
+        tokens = spec.text_encoder.max_tokens or (512 if spec.text_encoder.type == "umt5" else 16)
+        spec = dataclasses.replace(spec, text_encoder=TextSpec(type="hash", max_tokens=tokens))
+    elif text_encoder is not None:
+        if spec.text_encoder.type != "umt5":
+            raise ValueError(
+                f"a text encoder folder was given, but this checkpoint uses the {spec.text_encoder.type} encoder"
+            )
+        spec = dataclasses.replace(spec, text_encoder=dataclasses.replace(spec.text_encoder, path=str(text_encoder)))
+    return path, spec
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``: CUDA when available; ``cuda:N`` is checked against the visible devices."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {dev} asked for, but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {dev}; use cpu, cuda or cuda:N")
+    return dev
+
+
+class Pipeline:
+    """A loaded model with its codec and text encoder; :meth:`stream` runs one video (reusable).
+
+    The engine of the last stream configuration is kept, so a second video with the same window
+    reuses its cache buffers and CUDA graphs (a warm start).
+    """
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        spec: GenerationSpec,
+        codec: VideoCodec,
+        text_encoder: TextEncoder,
+        *,
+        options: EngineOptions | None = None,
+        decode_overlap: bool = True,
+        cache_dtype: torch.dtype | None = None,
+    ):
+        cfg = model.config
+        if codec.latent_channels != cfg.in_channels or cfg.out_channels != cfg.in_channels:
+            raise ValueError(
+                f"the codec makes {codec.latent_channels}-channel latents; the model takes {cfg.in_channels} "
+                f"and predicts {cfg.out_channels}"
+            )
+        if text_encoder.text_dim != cfg.text_dim:
+            raise ValueError(
+                f"the text encoder gives {text_encoder.text_dim}-dim features; the model takes {cfg.text_dim}"
+            )
+        v, s = spec.video, codec.spatial_stride
+        if v.height % s or v.width % s:
+            raise ValueError(f"video size {v.height}x{v.width} is not divisible by the codec stride {s}")
+        for n in (1, 2, 5):
+            if codec.frames_for(n) != spec.codec.frames_for(n):
+                raise ValueError(f"the codec's frame layout differs from its spec ({spec.codec.type})")
+        model.token_grid(cfg.patch_size[0], v.height // s, v.width // s)  # raises if patches do not tile
+        self.model, self.spec, self.codec, self.text_encoder = model, spec, codec, text_encoder
+        self.options = (options or EngineOptions()).resolve(self.device)
+        self.decode_overlap = decode_overlap
+        self.cache_dtype = cache_dtype
+        self.geometry = LatentGeometry(codec.latent_channels, v.height // s, v.width // s)
+        self.engine: StreamEngine | None = None  # the running (or last) stream's engine
+        self.summary = RunSummary()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        vae: str | Path | None = None,
+        text_encoder: str | Path | None = None,
+        attention: str | None = None,
+        mla_path: str = "auto",
+        which: str = "auto",
+        kv_fp8: bool = False,
+        options: EngineOptions | None = None,
+        decode_overlap: bool = True,
+    ) -> Pipeline:
+        """Load a checkpoint (None: the embedded default) with the codec and text encoder its metadata names.
+
+        ``vae`` / ``text_encoder`` give (or override) the folders of a Wan VAE / UMT5 checkpoint;
+        ``which`` picks Self-Forcing's EMA or raw generator weights; ``kv_fp8`` stores MLA
+        latents in fp8. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU.
+        """
+        path, spec = resolve_spec(checkpoint, vae, text_encoder)
+        device = resolve_device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        # Codec and UMT5 first: a missing folder fails before the DiT is read.
+        codec = build_codec(spec.codec, device, dtype)
+        umt5 = spec.text_encoder.type == "umt5"
+        encoder = build_text_encoder(spec.text_encoder, None, device, dtype) if umt5 else None
+        model = load_model(path, which=which, device=device, dtype=dtype)
+        check_attention(model, attention, mla_path)
+        if kv_fp8:
+            if not model.mla_layers():
+                raise ValueError("--kv-fp8 stores MLA latents in fp8, but this checkpoint has no MLA layers")
+            model.set_kv_dtype(torch.float8_e4m3fn)
+        encoder = encoder or build_text_encoder(spec.text_encoder, model.config.text_dim, device, dtype)
+        return cls(model, spec, codec, encoder, options=options, decode_overlap=decode_overlap)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- generation -----------------------------------------------------------------------------
+    def request(self, prompts: Prompts, seconds: float | None = None, **kwargs: Any) -> GenerationRequest:
+        """A validated :class:`GenerationRequest` for this pipeline (see :meth:`GenerationRequest.build`)."""
+        return GenerationRequest.build(self.spec, prompts, seconds, **kwargs)
+
+    def stream(
+        self, prompts: Prompts, seconds: float | None = None, *, progress: bool = False, **kwargs: Any
+    ) -> Iterator[FrameChunk]:
+        """Generate ``seconds`` of video (None: forever) and yield it chunk by chunk as :class:`FrameChunk`.
+
+        Keyword arguments are those of :meth:`GenerationRequest.build` (``stream``, ``sink``,
+        ``window``, ``rope``, ``steps``, ``shift``, ``seed``, ``recache``, ``keep_sink``, ``out``,
+        ``format``, ``grid_frames``, ``output``); they are checked here, before anything runs.
+        Closing the iterator early (or an exception) finishes the file with the frames so far.
+        """
+        return self.run(self.request(prompts, seconds, **kwargs), progress=progress)
+
+    def engine_for(self, request: GenerationRequest) -> StreamEngine:
+        """The engine for ``request``'s window and sampler, reused (reset) when they match the last one."""
+        e = self.engine
+        if e is None or e.stream != request.stream or e.schedule != request.schedule:
+            self.engine = e = None  # free the old cache before allocating the new one
+            e = StreamEngine(
+                self.model,
+                request.stream,
+                self.geometry,
+                schedule=request.schedule,
+                cache_dtype=self.cache_dtype,
+                options=self.options,
+            )
+        e.reset()
+        e.keep_history = request.recache  # the clean latents of the cached frames, for rebuilding
+        self.engine = e
+        return e
+
+    def run(
+        self,
+        request: GenerationRequest,
+        on_chunk: Callable[[ChunkTiming], None] | None = None,
+        progress: bool = False,
+    ) -> Iterator[FrameChunk]:
+        """Stream ``request`` (from :meth:`request`); ``on_chunk`` sees each chunk's timings."""
+        if request.spec.video != self.spec.video or request.spec.codec.type != self.spec.codec.type:
+            raise ValueError("the request was built for another checkpoint's spec; build it with Pipeline.request")
+        return self._run(request, on_chunk, progress)
+
+    def _embed_prompts(self, request: GenerationRequest) -> list[torch.Tensor]:
+        features = self.text_encoder.encode([text for text, _ in request.prompts])
+        with torch.no_grad():
+            embedded = self.model.embed_text(features.to(device=self.device, dtype=self.dtype))
+        return [embedded[i : i + 1] for i in range(len(request.prompts))]
+
+    def _run(
+        self, request: GenerationRequest, on_chunk: Callable[[ChunkTiming], None] | None, progress: bool
+    ) -> Iterator[FrameChunk]:
+        v = self.spec.video
+        started = time.perf_counter()
+        embedded = self._embed_prompts(request)
+        engine = self.engine_for(request)
+        footprint = engine.footprint()
+        cuda = self.device.type == "cuda"
+        self.summary = summary = RunSummary(
+            seed=request.seed,
+            fps_video=v.fps,
+            cache_window_bytes=footprint.total_bytes,
+            dense_window_bytes=footprint.dense_total_bytes,
+            run={
+                **request.describe(),
+                "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "compile": self.options.compile,
+                "cuda_graphs": self.options.cuda_graphs,
+                "decode_overlap": self.decode_overlap and cuda,
+                "threads": torch.get_num_threads() if not cuda else None,
+            },
+        )
+        generator = torch.Generator(self.device).manual_seed(request.seed)
+        queue = ChunkDecodeQueue(self.codec.stream_decoder(), self.device, overlap=self.decode_overlap)
+        pipelined = queue.side is not None  # decode k while k+1 denoises
+        writer = None
+        bar = tqdm(total=request.total_frames, unit="frame", desc="generate", disable=not progress)
+        pending: list[tuple[int, Any, Any]] = []
+
+        fpc = request.stream.frames_per_chunk
+        decode = request.output != "latent" or request.out is not None
+
+        def finish(k: int, job, step_time) -> FrameChunk:
+            job.wait()
+            engine.check_finite(job.finite, k)
+            room = None if request.total_frames is None else request.total_frames - summary.frames
+            if job.frames is None:  # latents only: count the frames a decoder would make
+                frames = None
+                made = self.spec.codec.frames_for((k + 1) * fpc) - self.spec.codec.frames_for(k * fpc)
+                count = made if room is None else min(made, room)
+            else:
+                frames = job.frames if room is None else job.frames[:room]
+                count = len(frames)
+            array = frames.numpy() if frames is not None and (writer is not None or request.output == "numpy") else None
+            if writer is not None:
+                writer.write(array)
+            step_s = step_time()
+            start = summary.frames
+            summary.chunks, summary.frames = k + 1, start + count
+            summary.step_seconds += step_s
+            summary.decode_seconds += (job.decode_ms or 0.0) / 1e3
+            summary.peak_cache_bytes = max(summary.peak_cache_bytes, engine.cache.nbytes)
+            summary.wall_seconds = time.perf_counter() - started
+            if summary.first_chunk_seconds is None:
+                summary.first_chunk_seconds = summary.wall_seconds
+            if on_chunk is not None:
+                on_chunk(ChunkTiming(k, count, 1e3 * step_s, job.decode_ms, summary.wall_seconds))
+            bar.update(count)
+            prompt = request.prompt_at(k)
+            bar.set_postfix(cache=f"{engine.cache.nbytes / 2**20:.2f}MiB", prompt=prompt, refresh=False)
+            out = {"numpy": array, "torch": frames, "latent": job.latents, "none": None}[request.output]
+            return FrameChunk(k, start, request.prompts[prompt][0], out)
+
+        try:
+            if request.out is not None:
+                writer = open_writer(
+                    request.out, request.format, v.fps, v.height, v.width, request.total_frames, request.grid_frames
+                )
+            k = 0
+            while request.num_chunks is None or k < request.num_chunks:
+                prompt = request.prompt_at(k)
+                if request.recache and k > 0 and k in request.switch_chunks:
+                    engine.recache(embedded[prompt], request.keep_sink)
+                    summary.recaches += 1
+                timer = _StepTimer(cuda)
+                x0 = engine.step(embedded[prompt], generator)
+                timer.stop()
+                job = queue.submit(x0) if decode else DecodedChunk(None, torch.isfinite(x0).all())
+                job.latents = x0 if request.output == "latent" else None
+                if pipelined:
+                    pending.append((k, job, timer.seconds))
+                    if len(pending) > 1:
+                        yield finish(*pending.pop(0))
+                else:
+                    yield finish(k, job, timer.seconds)
+                k += 1
+            while pending:
+                yield finish(*pending.pop(0))
+        except GeneratorExit:  # closed early: the chunk still in flight goes to the file too
+            while pending and writer is not None:
+                finish(*pending.pop(0))
+            raise
+        finally:
+            summary.wall_seconds = time.perf_counter() - started
+            bar.close()
+            if writer is not None:
+                writer.close()
+
+
+class _StepTimer:
+    """Wall time on CPU; device time from CUDA events on CUDA (read once the chunk is done)."""
+
+    def __init__(self, cuda: bool):
+        if cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        self.cuda = cuda
+
+    def stop(self) -> None:
+        if self.cuda:
+            self._end.record()
+        else:
+            self._elapsed = time.perf_counter() - self._t0
+
+    def seconds(self) -> float:
+        if self.cuda:
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end) / 1e3
+        return self._elapsed
+
+
+def generate(
+    prompt: Prompts,
+    seconds: float | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    vae: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    attention: str | None = None,
+    mla_path: str = "auto",
+    which: str = "auto",
+    options: EngineOptions | None = None,
+    **request: Any,
+) -> Iterator[FrameChunk]:
+    """One call from prompt to frames: load ``checkpoint`` and return :meth:`Pipeline.stream`'s iterator.
+
+    ``request`` holds :meth:`GenerationRequest.build`'s keyword arguments; they are validated
+    (with the output path and format) before the model loads. Build a :class:`Pipeline` once to
+    generate several videos.
+    """
+    _, spec = resolve_spec(checkpoint, vae, text_encoder)
+    checked = GenerationRequest.build(spec, prompt, seconds, out=out, **request)
+    pipe = Pipeline.from_checkpoint(
+        checkpoint,
+        device=device,
+        dtype=dtype,
+        vae=vae,
+        text_encoder=text_encoder,
+        attention=attention,
+        mla_path=mla_path,
+        which=which,
+        options=options,
+    )
+    return pipe.run(dataclasses.replace(checked, spec=pipe.spec))
