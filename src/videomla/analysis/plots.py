@@ -7,12 +7,12 @@ pointwise median with a min-max envelope, as the paper draws them.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io_utils import atomic_file
 from .rank import TAUS, Spectrum, energy_curve, group_rows
 
 _FLOOR = 1e-16
@@ -35,9 +35,8 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> None:
     """Write atomically: a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:  # nothing half-written is left on failure, and the umask applies
+        fig.savefig(f, dpi=110, bbox_inches="tight", format="png")
 
 
 def _panels(plt: Any, count: int, title: str) -> tuple[Any, list[Any]]:

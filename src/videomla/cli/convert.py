@@ -8,8 +8,6 @@ energy kept, relative errors on sample tokens) and writes a videomla checkpoint 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +15,8 @@ import torch
 from ..checkpoint import load_model, save_model
 from ..config import PRESETS
 from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, mla_config_for, parse_layers
+from ..io_utils import atomic_write_json
+from .common import check_device, check_output_file, check_output_folder, seed_arg
 from .rank import table
 
 COLUMNS = [
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_CALIBRATION_TOKENS,
         help="proxy tokens per layer for calibration and the error report (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the proxy tokens and the random init (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the proxy tokens and the random init (default 0)")
     p.add_argument("--report", type=Path, help="also write the per-layer report as JSON here")
     p.add_argument("--preset", choices=sorted(PRESETS), help="architecture, if the checkpoint carries no config")
     p.add_argument(
@@ -63,17 +63,19 @@ def rows(report: ConversionReport) -> list[dict]:
 
 
 def write_report(report: ConversionReport, path: Path, source: str, target: Path) -> None:
-    """Atomic JSON write (temp file + os.replace)."""
+    """Atomic JSON write (:func:`videomla.io_utils.atomic_write_json`: nothing left behind on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"source": source, "target": str(target), **report.to_dict()}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, {"source": source, "target": str(target), **report.to_dict()})
 
 
 def run(args: argparse.Namespace) -> int:
+    device = check_device(args.device)
+    check_output_folder(args.dst, "DST")
+    if args.report is not None:
+        check_output_file(args.report, "--report")
     if Path(args.src).resolve() == args.dst.resolve():
         raise ValueError(f"DST {args.dst} is SRC: write the converted model to a new folder")
-    model = load_model(args.src, preset=args.preset, which=args.which, device=args.device)
+    model = load_model(args.src, preset=args.preset, which=args.which, device=device)
     cfg = model.config
     mla = mla_config_for(cfg, args.dc, args.dq, args.rope_dim, latent_norm=not args.no_latent_norm)
     layers = parse_layers(args.layers, cfg.num_layers)

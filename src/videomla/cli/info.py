@@ -11,7 +11,7 @@ import torch
 from ..cache import KVFootprint
 from ..config import PRESETS, ModelConfig, preset
 from ..model import CausalWanModel
-from .common import DTYPES, add_stream_args, parse_dtype, stream_from_args
+from .common import DTYPES, add_stream_args, check_video_size, parse_dtype, stream_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def describe(cfg: ModelConfig, args: argparse.Namespace) -> dict:
+    check_video_size(args.height, args.width, args.vae_stride, cfg.patch_size)
     with torch.device("meta"):  # shapes only: no memory even for the 1.3B preset
         model = CausalWanModel(cfg)
     if args.kv_fp8:
@@ -52,7 +53,8 @@ def describe(cfg: ModelConfig, args: argparse.Namespace) -> dict:
         model.set_kv_dtype(torch.float8_e4m3fn)
     dtype = parse_dtype(args.dtype)
     stream = stream_from_args(args)
-    tpf = model.tokens_per_frame(args.height // args.vae_stride, args.width // args.vae_stride)
+    latent_h, latent_w = check_video_size(args.height, args.width, args.vae_stride, cfg.patch_size)
+    tpf = model.tokens_per_frame(latent_h, latent_w)
     fp = KVFootprint.of(model.cache_specs(dtype), cfg.dim, dtype, stream, tpf)
     return {
         "config": cfg.to_dict(),

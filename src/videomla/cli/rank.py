@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -36,8 +35,9 @@ from ..analysis.rank import (
     weight_spectra,
 )
 from ..config import PRESETS, ModelConfig, preset
+from ..io_utils import atomic_file, atomic_write_text
 from ..model import CausalWanModel
-from .common import add_stream_args, stream_from_args
+from .common import add_stream_args, check_device, check_output_folder, seed_arg, stream_from_args
 
 Layers = Iterable[tuple[int, Mapping[str, torch.Tensor]]]
 _STEP_WORDS = re.compile(
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--which", choices=("auto", "ema", "generator"), default="auto", help="Self-Forcing weights (auto: EMA if any)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of random inits and random inputs (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of random inits and random inputs (default 0)")
     p.add_argument("--rank", type=int, help="K for 'energy at rank K' (default: the model's d_c, else 192)")
     p.add_argument("--labels", nargs="+", help="display labels, one per checkpoint (or one for the preset)")
     p.add_argument(
@@ -168,9 +168,10 @@ def _sources(target: Target, args: argparse.Namespace) -> tuple[Layers, int, Cau
         model = CausalWanModel(cfg)  # weights and activations then come from the same draw
         layers = self_attention_layers(model.state_dict())
         return layers, len(layers), model
-    from ..checkpoint import model_from_state, read_checkpoint, resolve_config
+    from ..checkpoint import check_tensors, model_from_state, read_checkpoint, resolve_config
 
     state, stored, _ = read_checkpoint(target.path, args.which)
+    check_tensors(state, target.path)  # NaN/Inf weights have no spectrum
     layers = self_attention_layers(state)
     if not args.activations:
         return layers, len(layers), None
@@ -217,9 +218,7 @@ def analyse(target: Target, args: argparse.Namespace) -> list[Spectrum]:
 
 # -- outputs -----------------------------------------------------------------------------------------
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _safe(label: str) -> str:
@@ -242,14 +241,13 @@ def write_csv(results: list[dict], path: Path) -> None:
 
 
 def write_spectra(results: list[tuple[dict, list[Spectrum]]], path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {
         f"{res['label']}/{s.group}/{s.layer}": s.values.contiguous() for res, spectra in results for s in spectra
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"content": "singular values, descending, float64"})
-    os.replace(tmp, path)
+    with atomic_file(path) as f:  # save() returns the bytes: one atomic write, nothing left on failure
+        f.write(save(tensors, metadata={"content": "singular values, descending, float64"}))
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -323,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
     if args.activations:  # fail before minutes of SVDs, not after
         check_capture_args(args.chunks, args.batch, args.text_tokens)
         stream_from_args(args)
+        args.device = check_device(args.device)
+        if min(args.latent_size) < 1:
+            raise ValueError(f"--latent-size must be positive, got {list(args.latent_size)}")
+    check_output_folder(args.out, "--out")
     todo = targets(args)
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[tuple[dict, list[Spectrum]]] = []
