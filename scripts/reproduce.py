@@ -107,8 +107,7 @@ def train(name: str, raw: dict, budget_s: float, snapshots: int, steps: dict[str
                 if i == WARMUP_STEPS:
                     sync()
                     warm = time.perf_counter()
-                values = trainer.train_step()
-                trainer.logger.log(trainer.step, values)
+                trainer.train_step()  # its metrics are logged by run(), at the next logged step
             sync()
             now = time.perf_counter()
             per_step = (now - warm) / (PROBE_STEPS - WARMUP_STEPS)
