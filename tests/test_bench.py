@@ -16,8 +16,9 @@ from videomla.attention.common import fast_kernels
 from videomla.benchmark import VARIANTS, ForwardShape, forward_flops, parse_variants, validate
 from videomla.benchmark.measure import advance_cache
 from videomla.benchmark.report import markdown, targets
-from videomla.benchmark.runner import Bench, latent_frames, video_frames
-from videomla.benchmark.vae import StreamingVAEDecoder, random_wan_vae, set_layout
+from videomla.benchmark.runner import Bench, latent_frames
+from videomla.codecs import WanVAECodec
+from videomla.pipeline import CodecSpec
 from videomla.cli import main
 from videomla.config import ModelConfig, StreamConfig, preset
 
@@ -72,8 +73,9 @@ def test_flops_match_torch_flop_counter(seed, cfg: ModelConfig, path: str):
 
 def test_video_frame_bookkeeping():
     assert latent_frames(5) == 21 and latent_frames(60) == 241 and latent_frames(300) == 1201
-    assert video_frames(0, 3) == 9 and video_frames(3, 3) == 12
-    assert sum(video_frames(3 * i, 3) for i in range(7)) == 81  # a 5 s clip: 81 frames in 7 chunks
+    frames_for = CodecSpec("wan-vae").frames_for
+    assert frames_for(3) == 9 and frames_for(6) - frames_for(3) == 12
+    assert frames_for(21) == 81  # a 5 s clip: 81 frames in 7 chunks
 
 
 def test_advance_cache_reaches_the_streamed_state():
@@ -100,15 +102,17 @@ def test_variants_name_their_windows():
 
 def test_streaming_vae_decode_equals_whole_clip_decode(seed):
     """Chunk-by-chunk decoding with the carried causal cache is exactly diffusers' whole-clip decode."""
-    vae = random_wan_vae("cpu", torch.float32, base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    config = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    config.update(latents_mean=torch.randn(4).tolist(), latents_std=(torch.rand(4) + 0.5).tolist())
     z = torch.randn(1, 4, 7, 4, 6)
-    whole = vae.decode(z).sample
-    for channels_last in (False, True):  # NDHWC weights: the layout the GPU run may pick
-        set_layout(vae, channels_last)
-        decoder = StreamingVAEDecoder(vae, channels_last)
+    for channels_last in (False, True):  # NDHWC weights: the layout generate uses on CUDA
+        torch.manual_seed(seed)
+        codec = WanVAECodec.random("cpu", torch.float32, channels_last=channels_last, **config)
+        whole = codec.vae.decode(codec.denormalize(z)).sample.clamp(-1, 1)
+        decoder = codec.stream_decoder()
         parts = [decoder.decode(z[:, :, s : s + 3]) for s in range(0, 7, 3)]
         assert [p.shape[2] for p in parts] == [9, 12, 4]
-        assert torch.equal(torch.cat(parts, 2), whole)
+        assert rel_err(torch.cat(parts, 2), whole) < 1e-6
 
 
 def test_fast_kernels_match_the_reference(seed):

@@ -200,7 +200,7 @@ def test_pipeline_with_wan_vae_and_umt5(vae_dir, umt5_dir, tmp_path, monkeypatch
     assert [len(c.frames) for c in chunks] == [5, 6, 6, 6, 1]
     # 0.5 s = frame 8, in chunk 1 (frames 5-10): the switch (and its re-cache) happens there
     assert [c.prompt for c in chunks] == ["a red ball"] + ["a blue cube"] * 4
-    assert pipe.stats.recaches == 1 and pipe.stats.frames == 24
+    assert pipe.summary.recaches == 1 and pipe.summary.frames == 24
     with torch.no_grad():
         full = pipe.codec.vae.decode(pipe.codec.denormalize(torch.cat(latents, dim=2))).sample
     want = to_uint8(full)[:24].numpy()

@@ -15,23 +15,16 @@ import pytest
 import torch
 
 import videomla
-from videomla import pipeline as pipeline_module
+from videomla import checkpoint as checkpoint_module
 from videomla.checkpoint import save_model
 from videomla.cli import main
 from videomla.config import StreamConfig, preset
-from videomla.pipeline import (
-    GenerationSpec,
-    LatentHistory,
-    Pipeline,
-    parse_prompt,
-    prompt_schedule,
-    recache,
-    replay_runs,
-)
-from videomla.sampler import LatentGeometry, stream_latents
+from videomla.engine import LatentGeometry, LatentHistory, StreamEngine, recache, replay_runs
+from videomla.pipeline import GenerationSpec, Pipeline, parse_prompt, prompt_schedule
 
 from conftest import tiny_model
 
+DEFAULT_SCHEDULE = {"steps": [1000, 750, 500, 250], "shift": 5.0}
 H, W, FPS = 24, 32, 8  # pixel codec stride 2: 12x16 latents, 6x8 = 48 tokens per frame
 META = {
     "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
@@ -93,12 +86,14 @@ def collect(chunks) -> np.ndarray:
 # -- the schema ---------------------------------------------------------------------------------
 def test_spec_round_trip_and_wan_defaults():
     spec = GenerationSpec.from_dict(META)
-    assert spec.to_dict() == {**META, "video": {"height": H, "width": W, "fps": FPS}}
+    assert spec.to_dict() == {**META, "video": {"height": H, "width": W, "fps": FPS}, "schedule": DEFAULT_SCHEDULE}
     assert GenerationSpec.from_dict(spec.to_dict()) == spec
     wan = GenerationSpec.from_dict({"format": "wan2.1"})  # foreign checkpoints carry no generation metadata
     assert (wan.codec.type, wan.text_encoder.type) == ("wan-vae", "umt5")
     assert (wan.video.height, wan.video.width, wan.video.fps) == (480, 832, 16.0)
-    assert wan.stream == StreamConfig(frames_per_chunk=3, sink_frames=1, window_frames=6)
+    # ... and stream as their family was trained: Self-Forcing's 21 frames, no sink, absolute RoPE
+    assert wan.stream == StreamConfig(sink_frames=0, window_frames=18, rope_mode="absolute")
+    assert "self-forcing" in wan.stream_source
     with pytest.raises(ValueError, match="unknown keys"):
         GenerationSpec.from_dict({"codec": {"type": "pixel", "path": "x"}})
     with pytest.raises(ValueError, match="'type'"):
@@ -163,7 +158,7 @@ def test_python_api_and_reuse(ckpt, pipe, tmp_path, seed):
     again = collect(pipe.stream("a red ball", 1.5, seed=seed))
     np.testing.assert_array_equal(torch.cat([c.frames for c in first]).numpy(), again)
     assert [c.start_frame for c in first] == [0, 3, 6, 9]
-    assert pipe.stats.frames == 12 and pipe.stats.chunks == 4 and pipe.stats.seed == seed
+    assert pipe.summary.frames == 12 and pipe.summary.chunks == 4 and pipe.summary.seed == seed
     other = collect(pipe.stream("a red ball", 1.5, seed=seed + 1))
     assert not np.array_equal(other, again)
 
@@ -177,15 +172,15 @@ def test_memory_after_chunk_10_equals_after_chunk_100(ckpt, mla_ckpt, mla, seed)
     seen = {}
     for chunk in pipe.stream([("a", 0), ("b", 50 * 3 / FPS)], seconds, seed=seed, recache=True):
         if chunk.index + 1 in (10, 100):
-            buffers = [b for layer in pipe.cache.layers for b in layer.buffers.values()]
-            seen[chunk.index + 1] = (pipe.cache.nbytes, [b.data_ptr() for b in buffers], [b.shape for b in buffers])
-    assert pipe.stats.chunks == 100 and pipe.stats.recaches == 1
+            buffers = [b for layer in pipe.engine.cache.layers for b in layer.buffers.values()]
+            seen[chunk.index + 1] = (pipe.engine.cache.nbytes, [b.data_ptr() for b in buffers], [b.shape for b in buffers])
+    assert pipe.summary.chunks == 100 and pipe.summary.recaches == 1
     assert seen[10] == seen[100]
-    assert pipe.stats.peak_cache_bytes == seen[100][0]
+    assert pipe.summary.peak_cache_bytes == seen[100][0]
     if mla:  # the summary's comparison: an MLA window is smaller than a dense one
-        assert pipe.stats.cache_window_bytes < pipe.stats.dense_window_bytes
+        assert pipe.summary.cache_window_bytes < pipe.summary.dense_window_bytes
     else:
-        assert pipe.stats.cache_window_bytes == pipe.stats.dense_window_bytes
+        assert pipe.summary.cache_window_bytes == pipe.summary.dense_window_bytes
 
 
 # -- interruption -------------------------------------------------------------------------------
@@ -332,7 +327,7 @@ def test_recache_under_the_same_prompt_changes_nothing(pipe, rope, seed):
     plain = collect(pipe.stream("a red ball", 3, seed=seed, stream=stream))
     # switch at chunk 2: the cache holds frames 0-5, all of chunks 0 and 1
     again = collect(pipe.stream([("a red ball", 0), ("a red ball", 0.75)], 3, seed=seed, stream=stream, recache=True))
-    assert pipe.stats.recaches == 1
+    assert pipe.summary.recaches == 1
     np.testing.assert_array_equal(plain, again)
 
 
@@ -340,7 +335,7 @@ def test_recache_rebuilds_the_cache(pipe, seed):
     prompts = [("a red ball", 0), ("a blue cube", 2.0)]  # switch at chunk 5, after evictions
     no_recache = list(pipe.stream(prompts, 3, seed=seed))
     with_recache = list(pipe.stream(prompts, 3, seed=seed, recache=True))
-    assert pipe.stats.recaches == 1
+    assert pipe.summary.recaches == 1
     for k in range(8):
         same = np.array_equal(no_recache[k].frames, with_recache[k].frames)
         assert same == (k < 5), f"chunk {k}"
@@ -353,13 +348,12 @@ def test_recache_replays_the_cached_frames(seed):
     a, b = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
     with torch.no_grad():
         text_a, text_b = model.embed_text(a), model.embed_text(b)
-    cache = model.new_cache(stream, 1, 4, 4)
-    history, chunks = None, []
+    engine = StreamEngine(model, stream, geometry, keep_history=True)
+    cache, chunks = engine.cache, []
     gen = torch.Generator().manual_seed(seed)
-    for k, x0 in enumerate(stream_latents(model, text_a, geometry, stream, 4, generator=gen, cache=cache)):
-        history = history or LatentHistory(stream.cached_frames, x0)
-        history.update(x0, 3 * k, cache.window.slot_frame)
-        chunks.append(x0)
+    for _ in range(4):
+        chunks.append(engine.step(text_a, gen))
+    history = engine.history
     every = torch.cat(chunks, dim=2)
     frames = sorted(cache.window.slot_frame)
     assert frames == [0, 8, 9, 10, 11]  # the sink and the 4 newest frames
@@ -442,7 +436,7 @@ def test_cli_bad_checkpoints(tmp_path, capsys, monkeypatch):
     code, err = run_cli([*common, "--checkpoint", str(bogus)], capsys)
     assert code == 2 and "cannot tell the checkpoint format" in err
 
-    monkeypatch.setattr(pipeline_module, "DEFAULT_CHECKPOINT", tmp_path / "no-default")
+    monkeypatch.setattr(checkpoint_module, "DEFAULT_CHECKPOINT", tmp_path / "no-default")
     code, err = run_cli(common, capsys)
     assert code == 2 and "no default model is installed" in err and "--checkpoint" in err
 

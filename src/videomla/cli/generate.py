@@ -1,25 +1,34 @@
 """``videomla generate``: stream a video of any length to mp4 / gif / png-grid, chunk by chunk.
 
 Frames are decoded and appended to the file as each chunk is produced, in constant memory,
-with a progress bar (frames, FPS, cache memory) and a final summary (frames, FPS, peak cache
-bytes against a dense cache of the same window).
+with a progress bar and a final summary: frames, FPS with and without decode, time to first
+chunk, the window, RoPE mode and sampler that ran, and the peak cache bytes against a dense
+cache of the same window (``--summary PATH.json`` writes the same as JSON).
+
+The window defaults to the checkpoint's: what a videomla checkpoint records, or for a
+Self-Forcing / Wan / diffusers checkpoint Self-Forcing's own (no sink, 18 cached frames,
+absolute RoPE). ``--stream`` picks a peer's semantics by name; ``--sink/--window/--rope``
+override single fields.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
+import json
+import sys
 
-from .common import DTYPES, add_stream_args, parse_dtype
+from ..config import STREAM_PRESETS
+from .common import DTYPES, parse_dtype
 
-# Streaming-window options whose default is the checkpoint's own (metadata "stream" section).
-_STREAM_FIELDS = {
-    "sink": "sink_frames",
-    "window": "window_frames",
-    "frames_per_chunk": "frames_per_chunk",
-    "rope": "rope_mode",
-}
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated timesteps like 1000,750,500,250, got {text!r}")
+    if not steps:
+        raise argparse.ArgumentTypeError("--steps needs at least one timestep")
+    return steps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         '  videomla generate --prompt "a paper boat on a river" --seconds 60 --out boat.mp4\n'
-        '  videomla generate --prompt "a calm sea@0" --prompt "a storm@20s" --recache --seconds 40 --out sea.mp4',
+        '  videomla generate --prompt "a calm sea@0" --prompt "a storm@20s" --recache --seconds 40 --out sea.mp4\n'
+        "  videomla generate --checkpoint self_forcing_dmd.pt --vae Wan2.1-T2V-1.3B-Diffusers "
+        '--text-encoder Wan2.1-T2V-1.3B-Diffusers --prompt "a fox" --seconds 10 --out fox.mp4',
     )
     p.add_argument(
         "--prompt",
@@ -43,82 +54,100 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (.mp4, .gif or .png)")
     p.add_argument("--format", choices=("mp4", "gif", "png-grid"), help="output format (default: from --out's suffix)")
     p.add_argument("--grid-frames", type=int, default=16, help="frames sampled into a png-grid (default 16)")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the embedded default model)")
-    p.add_argument("--vae", help="Wan2.1 VAE folder (diffusers AutoencoderKLWan) for Wan-scale checkpoints")
-    p.add_argument("--text-encoder", help="UMT5-XXL folder (text_encoder/ + tokenizer/) for Wan-scale checkpoints")
-    p.add_argument(
+    p.add_argument("--crf", type=int, help="mp4 quality: x264 constant rate factor (lower is better)")
+    p.add_argument("--pix-fmt", choices=("yuv420p", "yuv444p"), help="mp4 pixel format (default yuv420p)")
+    p.add_argument("--summary", metavar="PATH.json", help="also write the run summary as JSON")
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", help="model checkpoint, run folder or diffusers root (default: the embedded model)")
+    g.add_argument("--which", choices=("auto", "ema", "generator"), default="auto", help="Self-Forcing .pt weights")
+    g.add_argument("--vae", help="Wan2.1 VAE folder (diffusers AutoencoderKLWan) for Wan-scale checkpoints")
+    g.add_argument(
+        "--text-encoder",
+        help="UMT5-XXL folder (text_encoder/ + tokenizer/) for Wan-scale checkpoints, or 'hash' for built-in "
+        "hash features (benchmarks, smoke tests)",
+    )
+    g.add_argument(
         "--attention",
         choices=("dense", "mla"),
         help="assert the checkpoint's attention kind (converts nothing; default: whatever it has)",
     )
-    p.add_argument(
-        "--mla-path",
-        choices=("auto", "materialised", "absorbed"),
-        default="auto",
-        help="how MLA layers compute attention (default auto)",
+    g.add_argument(
+        "--mla-path", choices=("auto", "materialised", "absorbed"), default="auto", help="how MLA layers attend"
     )
-    p.add_argument(
-        "--recache", action="store_true", help="on a prompt switch, rebuild the KV cache under the new prompt"
+    g.add_argument("--kv-fp8", action="store_true", help="store MLA latents in fp8 e4m3 (half the cache)")
+    s = p.add_argument_group("streaming window and sampler (default: the checkpoint's)")
+    s.add_argument("--stream", choices=sorted(STREAM_PRESETS), help="a peer's streaming semantics by name")
+    s.add_argument("--sink", type=int, help="sink latent frames kept forever")
+    s.add_argument("--window", type=int, help="recent cached latent frames besides the sink (current chunk not counted)")
+    s.add_argument("--frames-per-chunk", type=int, help="latent frames per chunk")
+    s.add_argument("--rope", choices=("window-relative", "absolute"), help="temporal RoPE positions")
+    s.add_argument("--steps", type=_steps, help="denoising timesteps, e.g. 1000,750,500,250")
+    s.add_argument("--shift", type=float, help="timestep shift of the sampler")
+    s.add_argument("--recache", action="store_true", help="on a prompt switch, rebuild the KV cache under the new prompt")
+    s.add_argument("--keep-sink", action="store_true", help="with --recache: keep the sink frames (LongLive global_sink)")
+    s.add_argument("--seed", type=int, help="noise seed (default: random, printed in the summary)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    r.add_argument("--dtype", choices=sorted(DTYPES), help="model and cache dtype (default: bf16 on cuda, fp32 on cpu)")
+    r.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fused kernels and CUDA-graph replay (default: on for CUDA)",
     )
-    p.add_argument("--seed", type=int, help="noise seed (default: random, printed in the summary)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="model and cache dtype (default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    add_stream_args(p)
-    _default_to_checkpoint(p, set(_STREAM_FIELDS))
+    r.add_argument("--decode-overlap", action=argparse.BooleanOptionalAction, default=True, help="CUDA only")
+    r.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models, else one per core)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
 
-def _default_to_checkpoint(p: argparse.ArgumentParser, dests: set[str]) -> None:
-    """Unset options mean "the checkpoint's value", and the help says so."""
-    for action in p._actions:
-        if action.dest in dests:
-            action.default = None
-            action.help = (
-                re.sub(r"\s*\(default (%\(default\)s|[^)]*)\)", "", action.help or "").strip()
-                + " (default: the checkpoint's)"
-            )
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import Pipeline, parse_prompt, prompt_schedule
-    from ..video_io import check_writable, format_for
+    from ..engine import EngineOptions
+    from ..io_utils import atomic_write_text
+    from ..pipeline import GenerationRequest, Pipeline, parse_prompt, resolve_device, resolve_spec
 
-    # Check everything cheap before loading any weights.
-    schedule = prompt_schedule([parse_prompt(arg) for arg in args.prompt])
+    # Everything cheap first: the request is validated from config.json before any weights load.
     if not args.seconds > 0:
         raise ValueError(f"--seconds must be positive, got {args.seconds:g}")
-    check_writable(args.out)
-    fmt = format_for(args.out, args.format)
-    dtype = parse_dtype(args.dtype) if args.dtype else None
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda, but no CUDA device is available")
-
+    _, spec = resolve_spec(args.checkpoint, args.vae, args.text_encoder)
+    request = GenerationRequest.build(
+        spec,
+        [parse_prompt(arg) for arg in args.prompt],
+        args.seconds,
+        stream=args.stream,
+        sink=args.sink,
+        window=args.window,
+        frames_per_chunk=args.frames_per_chunk,
+        rope=args.rope,
+        steps=args.steps,
+        shift=args.shift,
+        seed=args.seed,
+        recache=args.recache,
+        keep_sink=args.keep_sink,
+        out=args.out,
+        format=args.format,
+        grid_frames=args.grid_frames,
+        output="none",
+        crf=args.crf,
+        pix_fmt=args.pix_fmt,
+    )
+    device = resolve_device(args.device)
+    options = EngineOptions(compile=args.compile, cuda_graphs=args.compile if device.type == "cuda" else False)
     pipe = Pipeline.from_checkpoint(
         args.checkpoint,
-        device=args.device,
-        dtype=dtype,
+        device=device,
+        dtype=parse_dtype(args.dtype) if args.dtype else None,
         vae=args.vae,
         text_encoder=args.text_encoder,
         attention=args.attention,
         mla_path=args.mla_path,
+        which=args.which,
+        kv_fp8=args.kv_fp8,
+        options=options,
+        decode_overlap=args.decode_overlap,
+        threads=args.threads,
     )
-    given = {field: getattr(args, dest) for dest, field in _STREAM_FIELDS.items() if getattr(args, dest) is not None}
-    stream = dataclasses.replace(pipe.spec.stream, **given)
-    chunks = pipe.stream(
-        schedule,
-        args.seconds,
-        stream=stream,
-        seed=args.seed,
-        recache=args.recache,
-        out=args.out,
-        format=fmt,
-        grid_frames=args.grid_frames,
-        progress=not args.quiet,
-    )
+    chunks = pipe.run(request, progress=not args.quiet)
     interrupted = False
     try:
         for _ in chunks:
@@ -127,8 +156,13 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True  # the file is finished below with every frame made so far
     finally:
         chunks.close()
+    summary = pipe.summary
+    summary.interrupted = interrupted
+    summary.run["checkpoint"] = args.checkpoint or "the embedded default model"
+    if args.summary:
+        atomic_write_text(args.summary, json.dumps(summary.to_dict(), indent=2) + "\n")
     if not args.quiet:
         state = "interrupted; wrote what was generated to" if interrupted else "wrote"
-        print(f"{state} {args.out} ({fmt})")
-        print(pipe.stats.summary())
+        print(f"{state} {args.out} ({request.format})", file=sys.stderr if interrupted else sys.stdout)
+        print(summary.text())
     return 130 if interrupted else 0

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_metadata, load_model, resolve_checkpoint
 from ..codecs import PixelCodec, VideoCodec, WanVAECodec
+from ..engine.threads import set_cpu_threads
 from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, StreamEngine
 from ..model import CausalWanModel
 from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
@@ -116,7 +117,7 @@ def resolve_spec(
     if vae is not None:
         if spec.codec.type != "wan-vae":
             raise ValueError(f"a VAE folder was given, but this checkpoint uses the {spec.codec.type} codec")
-        spec = dataclasses.replace(spec, codec=dataclasses.replace(spec.codec, path=str(vae)))
+        spec = dataclasses.replace(spec, codec=spec.codec.with_vae_folder(vae))
     if text_encoder == "hash":
         tokens = spec.text_encoder.max_tokens or (512 if spec.text_encoder.type == "umt5" else 16)
         spec = dataclasses.replace(spec, text_encoder=TextSpec(type="hash", max_tokens=tokens))
@@ -200,12 +201,14 @@ class Pipeline:
         kv_fp8: bool = False,
         options: EngineOptions | None = None,
         decode_overlap: bool = True,
+        threads: int | None = None,
     ) -> Pipeline:
         """Load a checkpoint (None: the embedded default) with the codec and text encoder its metadata names.
 
         ``vae`` / ``text_encoder`` give (or override) the folders of a Wan VAE / UMT5 checkpoint;
         ``which`` picks Self-Forcing's EMA or raw generator weights; ``kv_fp8`` stores MLA
-        latents in fp8. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU.
+        latents in fp8. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU. ``threads``: CPU
+        threads (None: :func:`~videomla.engine.threads.choose_threads`'s rule).
         """
         path, spec = resolve_spec(checkpoint, vae, text_encoder)
         device = resolve_device(device)
@@ -215,6 +218,8 @@ class Pipeline:
         umt5 = spec.text_encoder.type == "umt5"
         encoder = build_text_encoder(spec.text_encoder, None, device, dtype) if umt5 else None
         model = load_model(path, which=which, device=device, dtype=dtype)
+        if device.type == "cpu":
+            set_cpu_threads(threads, model)
         check_attention(model, attention, mla_path)
         if kv_fp8:
             if not model.mla_layers():
@@ -308,14 +313,13 @@ class Pipeline:
             },
         )
         generator = torch.Generator(self.device).manual_seed(request.seed)
-        queue = ChunkDecodeQueue(self.codec.stream_decoder(), self.device, overlap=self.decode_overlap)
-        pipelined = queue.side is not None  # decode k while k+1 denoises
+        fpc = request.stream.frames_per_chunk
+        decode = request.output != "latent" or request.out is not None
+        queue = ChunkDecodeQueue(self.codec.stream_decoder(), self.device, self.decode_overlap) if decode else None
+        pipelined = queue is not None and queue.side is not None  # decode k while k+1 denoises
         writer = None
         bar = tqdm(total=request.total_frames, unit="frame", desc="generate", disable=not progress)
         pending: list[tuple[int, Any, Any]] = []
-
-        fpc = request.stream.frames_per_chunk
-        decode = request.output != "latent" or request.out is not None
 
         def finish(k: int, job, step_time) -> FrameChunk:
             job.wait()
@@ -337,7 +341,9 @@ class Pipeline:
             summary.step_seconds += step_s
             summary.decode_seconds += (job.decode_ms or 0.0) / 1e3
             summary.peak_cache_bytes = max(summary.peak_cache_bytes, engine.cache.nbytes)
-            summary.wall_seconds = time.perf_counter() - started
+            now = time.perf_counter() - started
+            summary.add_chunk(count, now - summary.wall_seconds, step_s)
+            summary.wall_seconds = now
             if summary.first_chunk_seconds is None:
                 summary.first_chunk_seconds = summary.wall_seconds
             if on_chunk is not None:
@@ -351,8 +357,9 @@ class Pipeline:
         try:
             if request.out is not None:
                 writer = open_writer(
-                    request.out, request.format, v.fps, v.height, v.width, request.total_frames, request.grid_frames
-                )
+                    request.out, request.format, v.fps, v.height, v.width, request.total_frames,
+                    request.grid_frames, crf=request.crf, pix_fmt=request.pix_fmt,
+                )  # fmt: skip
             k = 0
             while request.num_chunks is None or k < request.num_chunks:
                 prompt = request.prompt_at(k)
@@ -362,7 +369,7 @@ class Pipeline:
                 timer = _StepTimer(cuda)
                 x0 = engine.step(embedded[prompt], generator)
                 timer.stop()
-                job = queue.submit(x0) if decode else DecodedChunk(None, torch.isfinite(x0).all())
+                job = queue.submit(x0) if queue is not None else DecodedChunk(None, torch.isfinite(x0).all())
                 job.latents = x0 if request.output == "latent" else None
                 if pipelined:
                     pending.append((k, job, timer.seconds))

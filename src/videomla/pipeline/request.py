@@ -63,6 +63,8 @@ class GenerationRequest:
     format: str | None = None
     grid_frames: int = 16
     output: Output = "numpy"
+    crf: int | None = None  # mp4 quality (None: the writer's default)
+    pix_fmt: str | None = None  # mp4 pixel format (yuv444p keeps colours exact enough for evaluation)
 
     @classmethod
     def build(
@@ -85,6 +87,8 @@ class GenerationRequest:
         format: str | None = None,
         grid_frames: int = 16,
         output: Output = "numpy",
+        crf: int | None = None,
+        pix_fmt: str | None = None,
     ) -> GenerationRequest:
         """``stream``: a :class:`StreamConfig` or a preset name (``self-forcing``, ``longlive``,
         ``reward-forcing``, ``videomla``); None: the checkpoint's. ``sink`` / ``window`` /
@@ -113,7 +117,7 @@ class GenerationRequest:
                 tuple(steps) if steps is not None else schedule.steps, schedule.shift if shift is None else shift
             )
         if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"seconds must be a positive number, got {seconds}")
+            raise ValueError(f"seconds must be positive, got {seconds}")
         if output not in ("numpy", "torch", "latent", "none"):
             raise ValueError(f"output must be 'numpy', 'torch', 'latent' or 'none', got {output!r}")
         if not isinstance(grid_frames, int) or grid_frames < 1:
@@ -141,10 +145,12 @@ class GenerationRequest:
             v = spec.video
             if writer_format == "mp4" and (v.height % 2 or v.width % 2):
                 raise ValueError(f"mp4 needs an even frame size, this model makes {v.height}x{v.width}")
+        if (crf is not None or pix_fmt is not None) and writer_format != "mp4":
+            raise ValueError("crf and pix_fmt set mp4 encoding; the output is not an mp4")
         if seed is None:
             seed = random.randrange(2**31)
-        elif not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        elif not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         return cls(
             spec=spec,
             prompts=tuple(schedule_of),
@@ -162,6 +168,8 @@ class GenerationRequest:
             format=writer_format,
             grid_frames=grid_frames,
             output=output,
+            crf=crf,
+            pix_fmt=pix_fmt,
         )
 
     def prompt_at(self, chunk: int) -> int:

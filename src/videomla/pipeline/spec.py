@@ -9,7 +9,9 @@ builds a :class:`GenerationSpec` and stores :meth:`GenerationSpec.to_dict`; ever
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ..config import STREAM_PRESETS, StreamConfig
@@ -28,17 +30,26 @@ class CodecSpec:
     spatial_stride: int = 4  # pixel only
     scale: float = 1.0  # pixel only
     offset: float = 0.0  # pixel only: latents = (pixels - offset) * scale
-
-    @property
-    def stride(self) -> int:
-        """Pixels per latent along each spatial axis."""
-        return self.spatial_stride if self.type == "pixel" else 8
+    # wan-vae only, read from the VAE folder's config.json (never stored): Wan2.1's 4x temporal
+    vae_temporal_stride: int = WAN_TEMPORAL_STRIDE
 
     def frames_for(self, latent_frames: int) -> int:
         """Video frames decoded from the first ``latent_frames`` latent frames."""
         if self.type == "pixel" or latent_frames == 0:
             return latent_frames
-        return 1 + WAN_TEMPORAL_STRIDE * (latent_frames - 1)
+        return 1 + self.vae_temporal_stride * (latent_frames - 1)
+
+    def with_vae_folder(self, path: str | Path) -> CodecSpec:
+        """This wan-vae spec with the folder and the temporal stride its config.json declares."""
+        folder = Path(path)
+        config = folder / "vae" / "config.json" if (folder / "vae" / "config.json").is_file() else folder / "config.json"
+        stride = self.vae_temporal_stride
+        if config.is_file():
+            try:
+                stride = 2 ** sum(bool(t) for t in json.loads(config.read_text()).get("temperal_downsample", []))
+            except (OSError, ValueError, TypeError):
+                pass  # the loader reports a broken folder with its own message
+        return dataclasses.replace(self, path=str(path), vae_temporal_stride=stride)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 SUMMARY_SCHEMA = "videomla.generate-summary/1"
+RECENT_CHUNKS = 32  # the steady-state FPS is read over this many latest chunks
 
 @dataclass
 class RunSummary:
@@ -31,6 +34,11 @@ class RunSummary:
     dense_window_bytes: int = 0  # a dense K/V cache of the same window and dtype
     interrupted: bool = False
     run: dict[str, Any] = field(default_factory=dict)  # what ran: stream, schedule, device, paths ...
+    # (frames, wall seconds, step seconds) of the latest chunks: a fixed-size window
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_CHUNKS), repr=False)
+
+    def add_chunk(self, frames: int, wall_seconds: float, step_seconds: float) -> None:
+        self.recent.append((frames, wall_seconds, step_seconds))
 
     @property
     def video_seconds(self) -> float:
@@ -44,9 +52,28 @@ class RunSummary:
     def fps_without_decode(self) -> float:
         return self.frames / self.step_seconds if self.step_seconds else 0.0
 
+    def _steady(self, column: int) -> float | None:
+        """Frames per second of the latest chunks (the first chunk of a video is left out: it
+        decodes fewer frames and, in a cold process, includes compilation)."""
+        rows = list(self.recent)[1:] if self.chunks <= RECENT_CHUNKS else list(self.recent)
+        if not rows:
+            return None
+        return statistics.median(r[0] for r in rows) / statistics.median(r[column] for r in rows)
+
+    @property
+    def fps_steady(self) -> float | None:
+        return self._steady(1)
+
+    @property
+    def fps_steady_without_decode(self) -> float | None:
+        return self._steady(2)
+
     def to_dict(self) -> dict[str, Any]:
-        out = {"schema": SUMMARY_SCHEMA, **dataclasses.asdict(self)}
+        out = {"schema": SUMMARY_SCHEMA, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        del out["recent"]
         out.update(
+            fps_steady=self.fps_steady,
+            fps_steady_without_decode=self.fps_steady_without_decode,
             video_seconds=self.video_seconds,
             fps=self.fps,
             fps_without_decode=self.fps_without_decode,
@@ -63,6 +90,11 @@ class RunSummary:
             f"{self.wall_seconds:.1f} s wall: {self.fps:.1f} FPS ({self.fps_without_decode:.1f} without decode)"
             f"{first}; seed {self.seed}" + (f"; {self.recaches} re-caches" if self.recaches else ""),
         ]
+        if self.fps_steady is not None:
+            lines.append(
+                f"steady state (last {len(self.recent)} chunks): {self.fps_steady:.1f} FPS "
+                f"({self.fps_steady_without_decode:.1f} without decode)"
+            )
         if self.run.get("stream_text"):
             lines.append(f"stream: {self.run['stream_text']} [from {self.run.get('stream_source', '?')}]")
         if self.run.get("schedule_text"):
