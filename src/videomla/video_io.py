@@ -68,8 +68,8 @@ def _write_error(path: Path, err: BaseException) -> WriteError:
     msg = f"cannot write {path}: {reason}"
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         msg += " (free some space or write elsewhere)"
-    new = WriteError(code, msg + "; an earlier file of that name is left as it was")
-    new.filename = None  # keep str(new) the one line above
+    new = WriteError(msg + "; an earlier file of that name is left as it was")
+    new.errno = code  # str(new) stays the one line above
     return new
 
 

@@ -89,6 +89,8 @@ def _describe(err: BaseException, args: argparse.Namespace | None) -> str:
     from ..io_utils import os_error_message
 
     if isinstance(err, OSError):
+        if type(err).__name__ == "WriteError":  # video_io's own one-line message names the output
+            return _first_line(err)
         return os_error_message(err) + _inputs(args)
     name = type(err).__name__
     if isinstance(err, MemoryError) or name == "OutOfMemoryError":
@@ -113,7 +115,23 @@ def _silence_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run ``videomla ARGS`` (``argv``: default ``sys.argv[1:]``) and return its exit status.
+
+    Run as the program (``argv`` None), an interrupted command ends the process right after its
+    files are finished, with 130 / 143: a signal arriving during interpreter shutdown (threads,
+    atexit) can then no longer turn the exit status into a death by signal.
+    """
+    as_program = argv is None
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    if as_program and code in (EXIT_SIGINT, EXIT_SIGTERM):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     debug = _debug_wanted(argv)
     state = {"terminated": False}
 
@@ -124,16 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     previous = {}
     in_main_thread = True
     try:
-        previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+        # Start-up: importing torch can swallow a KeyboardInterrupt (or leave numpy half-imported),
+        # so until the imports are done a signal ends the process at once: nothing is written yet.
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _exit_during_startup)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_during_startup)
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         in_main_thread = False
     command, args = "", None
     try:
         try:
-            parser = build_parser()  # imports torch & co: Ctrl-C here is handled like any other
+            parser = build_parser()  # imports torch & co
             args = parser.parse_args(argv)
             command = args.command
+            if in_main_thread:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, on_term)
             code = int(args.func(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
             return EXIT_SIGTERM if state["terminated"] and code == EXIT_SIGINT else code
@@ -156,13 +179,21 @@ def main(argv: list[str] | None = None) -> int:
             if _is_bad_input(err):  # our own messages: shown whole (a checkpoint's key listing is indented lines)
                 _say(command, f"error: {_message(err)}")
                 return EXIT_BAD_INPUT
-            hint = "" if debug else " (--debug shows the traceback)"
+            hint = "" if debug or isinstance(err, OSError) else " (--debug shows the traceback)"
             _say(command, f"error: {_describe(err, args)}{hint}")
             return EXIT_FAILED
     finally:
         if in_main_thread:
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _exit_during_startup(signum: int, frame: object) -> None:
+    terminated = signum == signal.SIGTERM
+    _say("", "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)")
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(EXIT_SIGTERM if terminated else EXIT_SIGINT)
 
 
 def _ignore_signals(in_main_thread: bool) -> None:

@@ -326,7 +326,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--latent-size must be positive, got {list(args.latent_size)}")
     check_output_folder(args.out, "--out")
     todo = targets(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     results: list[tuple[dict, list[Spectrum]]] = []
     for target in todo:
         spectra = analyse(target, args)
@@ -337,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
         res["summary"] = summarise(rows)
         results.append((res, spectra))
     records = [res for res, _ in results]
+    args.out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no empty folder
     meta = {
         "svd_dtype": str(SVD_DTYPE).removeprefix("torch."),
         "taus": list(TAUS),
