@@ -25,6 +25,8 @@ from videomla.data.world import (
     draw,
     parse_caption,
     render,
+    render_batch,
+    render_batch_on,
     sample_clip_params,
     shape_coverage,
     shape_extent,
@@ -145,6 +147,19 @@ def test_cropped_renderer_equals_full_frame_reference(seed):
     fast = draw(params, centres)
     for b, p in enumerate(params):
         torch.testing.assert_close(fast[b], reference_frames(p, centres[b]), atol=1e-5, rtol=0)
+
+
+def test_device_renderer_equals_the_cpu_renderer(seed):
+    """The batched renderer (the trainer's GPU data path) run on the CPU: bitwise the CPU renderer's clips."""
+    params = [sample_clip_params(seed + i) for i in range(10)]  # 1-3 objects, half of them textured
+    lone = WorldObject("triangle", "cyan", "large", (20.0, 40.0), (-13.0, 9.0))
+    params += [ClipParams((lone,), "umber", texture_seed=seed), ClipParams(params[0].objects, "slate")]
+    for frames, fps in ((1, None), (17, None), (40, 5.5)):
+        expected = render_batch(params, frames, fps)
+        assert torch.equal(render_batch_on(params, frames, "cpu", fps), expected), (frames, fps)
+    small = WorldSpec(size=24, radius=(2.0, 5.0))
+    few = [sample_clip_params(seed + 100 + i, small) for i in range(3)]
+    assert torch.equal(render_batch_on(few, 9, "cpu"), render_batch(few, 9))
 
 
 def test_render_layout_range_and_texture(seed):
