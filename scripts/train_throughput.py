@@ -104,6 +104,43 @@ def measure(batch: int, extra: dict, steps: int, warmup: int, new: bool) -> dict
     }
 
 
+def host_syncs(batch: int, extra: dict, steps: int = 2) -> dict:
+    """Host-device synchronisations per training step (``torch.cuda.set_sync_debug_mode('warn')``),
+    counted after a warm-up step, with where each comes from (the innermost frame in videomla)."""
+    import traceback
+    import warnings
+
+    from videomla.training.config import config_from_dict
+    from videomla.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config_from_dict(config(batch, extra, tmp, True)), tmp)
+        trainer.train_step()
+        sync()
+        sites: dict[str, int] = {}
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            frames = [f for f in traceback.extract_stack() if "videomla" in f.filename]
+            where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].line}" if frames else filename
+            sites[where] = sites.get(where, 0) + 1
+
+        torch.cuda.set_sync_debug_mode("warn")
+        old = warnings.showwarning
+        warnings.showwarning = record
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = record
+                for _ in range(steps):
+                    trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = old
+        trainer.flush()
+        trainer.close()
+    return {"steps": steps, "per_step": sum(sites.values()) / steps, "sites": sites}
+
+
 def data_only(batch: int, device: torch.device, steps: int) -> dict:
     """The data path alone: clip parameters -> rendered, encoded batch on the device."""
     from videomla.config import preset
@@ -177,6 +214,12 @@ def markdown(result: dict) -> str:
             f"{r['fraction_differing'] * 100:.3f}% of values differ at all, {r['fraction_over_1e-4'] * 100:.4f}% "
             f"by more than 1e-4 (values in [-1, 1])."
         )
+    if "host_syncs_b64" in result and "sites" in result["host_syncs_b64"]:
+        h = result["host_syncs_b64"]
+        lines.append(
+            f"Host syncs per b64 step: {h['per_step']:.1f}, at: "
+            + "; ".join(f"`{k}` x{v}" for k, v in sorted(h["sites"].items(), key=lambda kv: -kv[1]))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +275,10 @@ def main() -> None:
     result["data"] = data_only(64, device, 10)
     if device.type == "cuda":
         result["renderer"] = renderer_agreement(device)
+        try:
+            result["host_syncs_b64"] = host_syncs(64, {})
+        except Exception as err:
+            result["host_syncs_b64"] = {"error": f"{type(err).__name__}: {err}"}
     save()
     print(markdown(result))
 

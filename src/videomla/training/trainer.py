@@ -300,7 +300,7 @@ class Trainer:
         """Refuse to save non-finite weights (one reduction per module), naming the first bad tensor."""
         for name, module in self.stage.modules.items():
             params = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in module.state_dict().items()]
-            params = [(n, p) for n, p in params if p.is_floating_point() and p.numel()]
+            params = [(n, p) for n, p in params if p.is_floating_point()]  # the same list on every rank
             flags = torch.stack([torch.isfinite(p).all() for _, p in params]).float()
             flags = mean_tensor_over_ranks(flags, self.info)
             bad = [n for (n, _), ok in zip(params, flags.tolist()) if ok < 1]
