@@ -34,6 +34,7 @@ CASES: dict[str, tuple[int, dict]] = {
     "before-b16": (16, {"data": {"workers": 8}}),
     "cpu-render-b16": (16, {"data": {"workers": 8, "render": "cpu"}}),
     "b16": (16, {}),
+    "b16-batched-render": (16, {"data": {"render": "device"}}),  # on a CPU run: the batched renderer on the CPU
     "b64": (64, {}),
     "b64-eager": (64, {"kernels": {"backend": "eager"}}),
     "b64-inductor": (64, {"kernels": {"backend": "inductor"}}),
