@@ -158,3 +158,15 @@ def test_consistency_stage_logs_its_own_heldout_loss(world_model: Path, tmp_path
     (row,) = read_metrics(tmp_path / "cd" / "metrics.csv")
     assert {"loss", "grad_norm", "lr", "heldout_loss", "heldout_cd_loss"} <= set(row)
     assert math.isfinite(row["heldout_cd_loss"]) and row["heldout_cd_loss"] > 0
+
+
+def test_latent_folder_runs_take_their_heldout_clips_from_heldout_path(tmp_path: Path) -> None:
+    from test_training import run_config, write_clips
+
+    data, held = write_clips(tmp_path / "train"), write_clips(tmp_path / "held", n=3)
+    cfg = run_config("teacher_forcing", data, steps=2, heldout={"every": 1, "clips": 3, "path": str(held)})
+    train(config_from_dict(cfg), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["step"] for r in rows if "heldout_loss" in r] == [1, 2]
+    with pytest.raises(ValueError, match=r"fewer than heldout\.clips"):
+        train(config_from_dict({**cfg, "heldout": {"every": 1, "clips": 4, "path": str(held)}}), tmp_path / "x")
