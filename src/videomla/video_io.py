@@ -174,6 +174,11 @@ def _target(path: Path) -> Path:
     return path.resolve() if path.is_symlink() else path
 
 
+def _open_fd(fd: int):
+    """The file object a writer writes through (a seam: tests swap in one that fails after N bytes)."""
+    return os.fdopen(fd, "wb")
+
+
 class _Output:
     """The temporary file of one output: written in place, published onto the output name once finished."""
 
@@ -181,7 +186,7 @@ class _Output:
         self.path = Path(path)
         self.target = _target(self.path)
         fd, self.tmp = make_temp_file(self.target, suffix=".partial" + self.target.suffix)
-        self.file = os.fdopen(fd, "wb")
+        self.file = _open_fd(fd)
         self.done = False
 
     def publish(self) -> None:
