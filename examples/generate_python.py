@@ -22,15 +22,16 @@ from videomla.pipeline import Pipeline
 def demo_checkpoint(folder: Path) -> Path:
     """A tiny random model with the pixel codec and hash text encoder (what the tests use)."""
     from videomla.checkpoint import save_model
+    from videomla.pipeline import CodecSpec, GenerationSpec, TextSpec, VideoSpec
 
     cfg = dataclasses.replace(videomla.preset("tiny"), in_channels=12, out_channels=12)
-    metadata = {
-        "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0},
-        "text_encoder": {"type": "hash", "max_tokens": 16},
-        "video": {"height": 48, "width": 64, "fps": 8},
-        "stream": {"frames_per_chunk": 3, "sink_frames": 1, "window_frames": 6, "rope_mode": "window-relative"},
-    }
-    return save_model(videomla.CausalWanModel(cfg).eval(), folder / "demo", metadata=metadata)
+    spec = GenerationSpec(
+        codec=CodecSpec("pixel", spatial_stride=2),
+        text_encoder=TextSpec("hash", max_tokens=16),
+        video=VideoSpec(height=48, width=64, fps=8),
+        stream=videomla.StreamConfig(sink_frames=1, window_frames=6),
+    )
+    return save_model(videomla.CausalWanModel(cfg).eval(), folder / "demo", metadata=spec.to_dict())
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
         if chunk.prompt != current:
             current = chunk.prompt
             print(f"from chunk {chunk.index} (frame {chunk.start_frame}): {chunk.prompt!r}")
-    print(pipe.stats.summary())
+    print(pipe.summary.text())
     for _ in pipe.stream("a large white square bouncing", seconds=4, out=f"{args.out}.png", seed=0, grid_frames=9):
         pass
     print(f"wrote {args.out}.mp4, {args.out}.gif and {args.out}.png")

@@ -17,10 +17,10 @@ from videomla.benchmark import VARIANTS, ForwardShape, forward_flops, parse_vari
 from videomla.benchmark.measure import advance_cache
 from videomla.benchmark.report import markdown, targets
 from videomla.benchmark.runner import Bench, latent_frames
-from videomla.codecs import WanVAECodec
-from videomla.pipeline import CodecSpec
 from videomla.cli import main
+from videomla.codecs import WanVAECodec
 from videomla.config import ModelConfig, StreamConfig, preset
+from videomla.pipeline import CodecSpec
 
 from conftest import rel_err, tiny_model
 

@@ -19,7 +19,7 @@ from videomla import checkpoint as checkpoint_module
 from videomla.checkpoint import save_model
 from videomla.cli import main
 from videomla.config import StreamConfig, preset
-from videomla.engine import LatentGeometry, LatentHistory, StreamEngine, recache, replay_runs
+from videomla.engine import LatentGeometry, StreamEngine, recache, replay_runs
 from videomla.pipeline import GenerationSpec, Pipeline, parse_prompt, prompt_schedule
 
 from conftest import tiny_model
@@ -173,7 +173,11 @@ def test_memory_after_chunk_10_equals_after_chunk_100(ckpt, mla_ckpt, mla, seed)
     for chunk in pipe.stream([("a", 0), ("b", 50 * 3 / FPS)], seconds, seed=seed, recache=True):
         if chunk.index + 1 in (10, 100):
             buffers = [b for layer in pipe.engine.cache.layers for b in layer.buffers.values()]
-            seen[chunk.index + 1] = (pipe.engine.cache.nbytes, [b.data_ptr() for b in buffers], [b.shape for b in buffers])
+            seen[chunk.index + 1] = (
+                pipe.engine.cache.nbytes,
+                [b.data_ptr() for b in buffers],
+                [b.shape for b in buffers],
+            )
     assert pipe.summary.chunks == 100 and pipe.summary.recaches == 1
     assert seen[10] == seen[100]
     assert pipe.summary.peak_cache_bytes == seen[100][0]

@@ -129,7 +129,9 @@ class Bench:
         self.setup = setup
         self.device = setup.torch_device
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda but no CUDA device is visible (use --device cpu for the bookkeeping checks)")
+            raise ValueError(
+                "--device cuda but no CUDA device is visible (use --device cpu for the bookkeeping checks)"
+            )
         self.clock = Clock(self.device)
         self.memory = Memory(self.device)
         self.progress = progress
@@ -206,7 +208,9 @@ class Bench:
         timings: list[ChunkTiming] = []
         for _ in pipe.run(request, on_chunk=timings.append):
             pass
-        finite = pipe.engine is not None and pipe.engine.first_nonfinite_layer() is None
+        finite = all(
+            torch.isfinite(b.float()).all() for layer in pipe.engine.cache.layers for b in layer.buffers.values()
+        )  # fmt: skip
         return {
             "transformer_ms": [t.step_ms for t in timings],
             "vae_ms": [t.decode_ms for t in timings] if self.codec is not None else None,
@@ -288,9 +292,7 @@ class Bench:
         engine = pipe.engine
         assert engine is not None
         out["cache_allocated_bytes"] = engine.cache.nbytes
-        out["stream"] = self.summarise(
-            run, out["flops"]["per_chunk"], clip_chunks, fill_chunks, self.peak["tflops"]
-        )
+        out["stream"] = self.summarise(run, out["flops"]["per_chunk"], clip_chunks, fill_chunks, self.peak["tflops"])
         cache = engine.cache
         memory = {f"{s.clip_seconds:g}s": self.memory_point(cache, "streamed", 0, chunks * n, self.memory.peak())}
         for seconds in s.horizons:

@@ -25,7 +25,9 @@ def _steps(text: str) -> tuple[int, ...]:
     try:
         steps = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated timesteps like 1000,750,500,250, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated timesteps like 1000,750,500,250, got {text!r}"
+        ) from None
     if not steps:
         raise argparse.ArgumentTypeError("--steps needs at least one timestep")
     return steps
@@ -78,13 +80,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("streaming window and sampler (default: the checkpoint's)")
     s.add_argument("--stream", choices=sorted(STREAM_PRESETS), help="a peer's streaming semantics by name")
     s.add_argument("--sink", type=int, help="sink latent frames kept forever")
-    s.add_argument("--window", type=int, help="recent cached latent frames besides the sink (current chunk not counted)")
+    s.add_argument(
+        "--window", type=int, help="recent cached latent frames besides the sink (current chunk not counted)"
+    )
     s.add_argument("--frames-per-chunk", type=int, help="latent frames per chunk")
     s.add_argument("--rope", choices=("window-relative", "absolute"), help="temporal RoPE positions")
     s.add_argument("--steps", type=_steps, help="denoising timesteps, e.g. 1000,750,500,250")
     s.add_argument("--shift", type=float, help="timestep shift of the sampler")
-    s.add_argument("--recache", action="store_true", help="on a prompt switch, rebuild the KV cache under the new prompt")
-    s.add_argument("--keep-sink", action="store_true", help="with --recache: keep the sink frames (LongLive global_sink)")
+    s.add_argument(
+        "--recache", action="store_true", help="on a prompt switch, rebuild the KV cache under the new prompt"
+    )
+    s.add_argument(
+        "--keep-sink", action="store_true", help="with --recache: keep the sink frames (LongLive global_sink)"
+    )
     s.add_argument("--seed", type=int, help="noise seed (default: random, printed in the summary)")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

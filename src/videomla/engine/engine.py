@@ -98,8 +98,9 @@ class StreamEngine:
         self.schedule = schedule or SamplingSchedule()
         self.timesteps = self.schedule.timesteps()
         self.options = (options or EngineOptions()).resolve(self.device)
+        self.cache_dtype = cache_dtype or self.dtype
         self.cache: StreamingCache = model.new_cache(
-            stream, batch, geometry.height, geometry.width, cache_dtype or self.dtype, self.device
+            stream, batch, geometry.height, geometry.width, self.cache_dtype, self.device
         )
         self.graphs = ChunkGraphs(model) if self.options.cuda_graphs else None
         self.keep_history = keep_history
@@ -177,21 +178,42 @@ class StreamEngine:
         return other
 
     def check_finite(self, finite: torch.Tensor | bool, chunk: int) -> None:
-        """Raise :class:`NonFiniteError` for a non-finite chunk, naming the first layer whose cache shows it."""
+        """Raise :class:`NonFiniteError` for a non-finite chunk, naming the first layer that makes it."""
         if bool(finite):
             return
         first = self.first_nonfinite_layer()
-        where = f"; first seen in the cache of layer {first}" if first is not None else ""
+        where = (
+            f"; block {first} is the first whose output is NaN/Inf" if first is not None
+            else "; a probe from fresh noise stays finite, so it built up over the stream (overflow?)"
+        )  # fmt: skip
         raise NonFiniteError(
             f"chunk {chunk} came out NaN/Inf{where}. Check the checkpoint's weights and dtype "
             f"(fp16 overflows where bf16 does not); frames before this chunk were kept"
         )
 
     def first_nonfinite_layer(self) -> int | None:
-        for i, layer in enumerate(self.cache.layers):
-            if any(not torch.isfinite(b.float()).all() for b in layer.buffers.values()):
-                return i
-        return None
+        """Probe (only after a failure): one forward of fresh noise against an empty cache, watching
+        each block's output; the first non-finite one is where the NaN/Inf starts."""
+        g = self.geometry
+        probe = self.model.new_cache(self.stream, 1, g.height, g.width, self.cache_dtype, self.device)
+        bad: list[int] = []
+        hooks = [
+            block.register_forward_hook(
+                lambda _m, _i, out, i=i: bad.append(i) if not bad and not torch.isfinite(out).all() else None
+            )
+            for i, block in enumerate(self.model.blocks)
+        ]
+        try:
+            with torch.no_grad():
+                x = torch.randn((1, *self.chunk_shape[1:]), device=self.device, dtype=self.dtype)
+                text = torch.zeros(1, 1, self.model.config.dim, device=self.device, dtype=self.dtype)
+                self.model.forward_chunk(
+                    x, torch.full((1,), 500.0, device=self.device, dtype=torch.float64), text, probe
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return bad[0] if bad else None
 
     # -- helpers --------------------------------------------------------------------------------
     def _kernels(self):

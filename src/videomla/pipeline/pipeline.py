@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_metadata, load_model, resolve_checkpoint
 from ..codecs import PixelCodec, VideoCodec, WanVAECodec
-from ..engine.threads import set_cpu_threads
 from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, StreamEngine
+from ..engine.threads import set_cpu_threads
 from ..model import CausalWanModel
 from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
 from ..video_io import open_writer

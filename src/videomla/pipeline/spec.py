@@ -8,6 +8,7 @@ builds a :class:`GenerationSpec` and stores :meth:`GenerationSpec.to_dict`; ever
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -42,13 +43,13 @@ class CodecSpec:
     def with_vae_folder(self, path: str | Path) -> CodecSpec:
         """This wan-vae spec with the folder and the temporal stride its config.json declares."""
         folder = Path(path)
-        config = folder / "vae" / "config.json" if (folder / "vae" / "config.json").is_file() else folder / "config.json"
+        config = (
+            folder / "vae" / "config.json" if (folder / "vae" / "config.json").is_file() else folder / "config.json"
+        )
         stride = self.vae_temporal_stride
         if config.is_file():
-            try:
+            with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):  # the loader reports it
                 stride = 2 ** sum(bool(t) for t in json.loads(config.read_text()).get("temperal_downsample", []))
-            except (OSError, ValueError, TypeError):
-                pass  # the loader reports a broken folder with its own message
         return dataclasses.replace(self, path=str(path), vae_temporal_stride=stride)
 
 

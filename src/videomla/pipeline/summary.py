@@ -11,6 +11,7 @@ from typing import Any
 SUMMARY_SCHEMA = "videomla.generate-summary/1"
 RECENT_CHUNKS = 32  # the steady-state FPS is read over this many latest chunks
 
+
 @dataclass
 class RunSummary:
     """Counters of the current run (fixed size: nothing here grows with the video).
@@ -106,6 +107,7 @@ class RunSummary:
         return "\n".join(lines)
 
     summary = text  # the name earlier releases used
+
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"

@@ -1,0 +1,35 @@
+"""Side-by-side table of a device run: `videomla bench` vs `videomla generate` per variant (scripts/gpu_engine.sh).
+
+python scripts/engine_report.py OUT_DIR    # reads bench.json and gen-<variant>.json, prints markdown
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    bench = json.loads((out / "bench.json").read_text())
+    meta = bench["meta"]
+    print(f"# bench vs generate ({meta['device']}, {meta['date']}, commit {meta['git_commit']})\n")
+    print(
+        "| variant | bench FPS (no decode) | generate FPS (no decode) | ratio | bench FPS w/ VAE "
+        "| generate FPS w/ VAE | ratio | bench TTFC ms | generate first chunk s (cold) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for v in bench["variants"]:
+        path = out / f"gen-{v['name']}.json"
+        if not path.is_file():
+            continue
+        g, s = json.loads(path.read_text()), v["stream"]
+        a, b = s["fps_transformer"], g["fps_steady_without_decode"]
+        c, d = s["fps_with_vae"], g["fps_steady"]
+        print(f"| {v['name']} | {a:.1f} | {b:.1f} | {b / a:.3f} | {c:.1f} | {d:.1f} | {d / c:.3f} "
+              f"| {s['ttfc_wall_ms']:.0f} | {g['time_to_first_chunk_seconds']:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

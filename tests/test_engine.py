@@ -1,0 +1,282 @@
+"""The streaming engine: fast path vs reference, batching, fork, recache, bounded state, peers' windows."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+
+import pytest
+import torch
+
+from videomla.benchmark.runner import Bench
+from videomla.checkpoint import load_model, resolve_checkpoint, save_model
+from videomla.cli import main
+from videomla.config import STREAM_PRESETS, StreamConfig, preset
+from videomla.engine import EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
+from videomla.engine.threads import SMALL_MODEL_PARAMS, choose_threads
+from videomla.pipeline import GenerationRequest, GenerationSpec, Pipeline, chunks_for_frames, resolve_spec
+from videomla.schedule import SamplingSchedule
+
+from conftest import rel_err, tiny_model
+
+GEOMETRY = LatentGeometry(4, 4, 6)
+WINDOW = StreamConfig(sink_frames=1, window_frames=3)
+META = {
+    "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
+    "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
+    "video": {"height": 24, "width": 32, "fps": 8},
+}
+
+
+def texts(model, n: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        return model.embed_text(torch.randn(n, 5, model.config.text_dim))
+
+
+def run(engine: StreamEngine, text: torch.Tensor, chunks: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([engine.step(text, gen) for _ in range(chunks)], dim=2)
+
+
+@pytest.mark.parametrize("mla", [False, True])
+def test_fast_path_equals_the_reference_path(seed, mla):
+    """The fused-kernel path (compiled with a CPU-capable backend) streams the reference's video."""
+    cfg = preset("tiny").with_mla(layers=(1,)) if mla else preset("tiny")
+    model, text = tiny_model(cfg), None
+    text = texts(model)
+    ref = run(StreamEngine(model, WINDOW, GEOMETRY), text, 6, seed)
+    fast = StreamEngine(model, WINDOW, GEOMETRY, options=EngineOptions(compile=True, compile_backend="aot_eager"))
+    assert fast.options.compile and not fast.options.cuda_graphs
+    assert rel_err(run(fast, text, 6, seed), ref) < 1e-5
+
+
+def test_batched_streams_equal_each_stream_alone(seed):
+    """What a server batching streams relies on: per-stream text and noise, one forward for all."""
+    model = tiny_model(preset("tiny").with_mla())
+    text = texts(model, 3)
+    seeds = [seed, seed + 1, seed + 2]
+    batched = StreamEngine(model, WINDOW, GEOMETRY, batch=3)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    together = torch.cat([batched.step(text, gens) for _ in range(5)], dim=2)
+    for i, s in enumerate(seeds):
+        alone = run(StreamEngine(model, WINDOW, GEOMETRY), text[i : i + 1], 5, s)
+        assert rel_err(together[i : i + 1], alone) < 1e-5
+
+
+def test_fork_continues_identically_and_independently(seed):
+    model = tiny_model()
+    text, other = texts(model), texts(model)
+    engine = StreamEngine(model, WINDOW, GEOMETRY, keep_history=True)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(4):
+        engine.step(text, gen)
+    fork = engine.fork()
+    assert all(
+        a.data_ptr() != b.data_ptr()
+        for la, lb in zip(engine.cache.layers, fork.cache.layers)
+        for a, b in zip(la.buffers.values(), lb.buffers.values())
+    )
+    state = gen.get_state()
+    a = engine.step(text, gen)
+    gen.set_state(state)
+    b = fork.step(text, gen)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    fork.step(other, gen)  # the fork moves on under another prompt; the original is untouched
+    assert fork.next_frame == engine.next_frame + 3 and engine.chunks == 5
+
+
+def test_recache_keep_sink_rebuilds_only_the_window(seed):
+    model = tiny_model()
+    a, b = texts(model), texts(model)
+    engine = StreamEngine(model, WINDOW, GEOMETRY, keep_history=True)
+    run(engine, a, 4, seed)
+    tpf = engine.cache.tokens_per_frame
+    before = [dict((k, v.clone()) for k, v in layer.buffers.items()) for layer in engine.cache.layers]
+    engine.recache(b, keep_sink=True)
+    # layer 0's self-attention runs before any cross-attention, so only later layers see the text
+    for i, (layer, old) in enumerate(zip(engine.cache.layers, before)):
+        for name, buf in layer.buffers.items():
+            assert torch.equal(buf[:, :tpf], old[name][:, :tpf])  # the sink slot is kept as is
+            window_same = torch.equal(buf[:, tpf : 4 * tpf], old[name][:, tpf : 4 * tpf])
+            assert window_same == (i == 0), (i, name)  # the window is rebuilt under the new text
+    full = engine.fork()
+    full.recache(b)  # without keep_sink the sink is rebuilt too
+    assert not torch.equal(full.cache.layers[1].buffers["k"][:, :tpf], before[1]["k"][:, :tpf])
+    with pytest.raises(ValueError, match="keep_history"):
+        StreamEngine(model, WINDOW, GEOMETRY).recache(b)
+
+
+def test_nonfinite_chunk_names_chunk_and_layer(seed):
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[1].ffn[0].weight.fill_(float("nan"))
+    engine = StreamEngine(model, WINDOW, GEOMETRY)
+    x0 = engine.step(texts(model))
+    with pytest.raises(NonFiniteError, match=r"chunk 0 came out NaN/Inf; block 1 is the first"):
+        engine.check_finite(torch.isfinite(x0).all(), 0)
+
+
+def tensor_bytes() -> int:
+    gc.collect()
+    return sum(o.numel() * o.element_size() for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+@pytest.mark.parametrize("recache", [False, True])
+def test_what_the_pipeline_holds_does_not_grow(tmp_path, seed, recache):
+    """Every live tensor counted (not only the cache buffers): chunk 10 and chunk 100 hold the same."""
+    model = tiny_model(dataclasses.replace(preset("tiny"), in_channels=12, out_channels=12))
+    pipe = Pipeline.from_checkpoint(save_model(model, tmp_path / "m", META), device="cpu")
+    seen = {}
+    prompts = [("a", 0.0), ("b", 50 * 3 / 8)]
+    for chunk in pipe.stream(prompts, 100 * 3 / 8, seed=seed, recache=recache, output="none"):
+        if chunk.index + 1 in (10, 100):
+            seen[chunk.index + 1] = (tensor_bytes(), pipe.engine.held_bytes())
+    assert pipe.summary.chunks == 100 and pipe.summary.recaches == int(recache)
+    assert seen[10] == seen[100]
+
+
+def test_peer_checkpoint_streams_with_its_peers_window(tmp_path, seed):
+    """A Self-Forcing .pt without metadata runs Self-Forcing's window (0 sink, 18 cached, absolute)."""
+    model = tiny_model()
+    torch.save({"generator_ema": model.state_dict()}, tmp_path / "self_forcing.pt")
+    (tmp_path / "vae").mkdir()
+    path, spec = resolve_spec(tmp_path / "self_forcing.pt", text_encoder="hash")
+    assert spec.stream == STREAM_PRESETS["self-forcing"] and "self-forcing" in spec.stream_source
+    request = GenerationRequest.build(spec, "a", 10, seed=seed, output="latent")
+    assert request.stream == StreamConfig(sink_frames=0, window_frames=18, rope_mode="absolute")
+    # streamed with that request vs the same weights with the window given by hand
+    loaded = load_model(path, preset="tiny")  # dim 64: shapes alone do not tell the heads
+    chunks = 9  # 27 latent frames: past the 21-frame window, so eviction happens
+    by_spec = StreamEngine(loaded, request.stream, GEOMETRY)
+    by_hand = StreamEngine(model, StreamConfig(sink_frames=0, window_frames=18, rope_mode="absolute"), GEOMETRY)
+    text = texts(model)
+    torch.testing.assert_close(run(by_spec, text, chunks, seed), run(by_hand, text, chunks, seed))
+    named = GenerationRequest.build(spec, "a", 10, stream="longlive", window=3)
+    assert (named.stream.sink_frames, named.stream.window_frames, named.stream.rope_mode) == (3, 3, "absolute")
+    assert "longlive" in named.stream_source and "window_frames=3" in named.stream_source
+
+
+def test_every_peer_preset_reproduces_its_window():
+    attended = {name: s.attended_frames for name, s in STREAM_PRESETS.items()}
+    assert attended == {"self-forcing": 21, "longlive": 12, "reward-forcing": 9, "videomla": 10}
+    assert STREAM_PRESETS["longlive"].sink_frames == 3 and STREAM_PRESETS["videomla"].sink_frames == 1
+
+
+def test_schedule_round_trips_through_export_and_generate(tmp_path, seed):
+    model = tiny_model(dataclasses.replace(preset("tiny"), in_channels=12, out_channels=12))
+    schedule = SamplingSchedule((1000, 500), 3.0)
+    spec = GenerationSpec.from_dict({**META, "schedule": schedule.to_dict()})
+    path = save_model(model, tmp_path / "m", spec.to_dict())
+    _, read = resolve_spec(path)
+    assert read.schedule == schedule
+    pipe = Pipeline.from_checkpoint(path, device="cpu")
+    calls = []
+    real = pipe.model.forward_chunk
+    pipe.model.forward_chunk = lambda x, t, *a, **k: calls.append(float(t[0])) or real(x, t, *a, **k)
+    list(pipe.stream("a", 0.375, seed=seed))  # one chunk: 2 denoising passes + the clean write
+    assert calls == [1000.0, pytest.approx(750.0), 0.0]  # 500 warped by shift 3 = 750
+    calls.clear()
+    list(pipe.stream("a", 0.375, seed=seed, steps=(1000, 750, 500, 250), shift=5.0))  # --steps/--shift win
+    assert len(calls) == 5 and pipe.summary.run["schedule"] == {"steps": [1000, 750, 500, 250], "shift": 5.0}
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        SamplingSchedule((500, 1000))
+
+
+def test_every_checkpoint_layout_resolves_the_same(tmp_path):
+    model = tiny_model()
+    export = save_model(model, tmp_path / "run" / "checkpoints" / "step_00000010" / "model")
+    (export.parent / "trainer.json").write_text("{}")
+    save_model(tiny_model(), tmp_path / "run" / "checkpoints" / "step_00000002" / "model")
+    (tmp_path / "run" / "checkpoints" / "step_00000002" / "trainer.json").write_text("{}")
+    (tmp_path / "root").mkdir()
+    from videomla.checkpoint import export_diffusers
+
+    export_diffusers(model, tmp_path / "root" / "transformer")
+    (tmp_path / "pt").mkdir()
+    torch.save(model.state_dict(), tmp_path / "pt" / "model.pt")
+    assert resolve_checkpoint(tmp_path / "run") == export
+    assert resolve_checkpoint(export.parent) == export
+    assert resolve_checkpoint(tmp_path / "root") == tmp_path / "root" / "transformer"
+    assert resolve_checkpoint(tmp_path / "pt") == tmp_path / "pt" / "model.pt"
+    want = model.state_dict()
+    for layout in ("run", "run/checkpoints/step_00000010", "root", "pt"):
+        got = load_model(tmp_path / layout, preset="tiny").state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), layout
+    assert main(["info", "--checkpoint", str(tmp_path / "root")]) == 0  # every command shares the resolver
+    assert main(["info", "--checkpoint", str(tmp_path / "run")]) == 0
+
+
+def test_chunk_count_is_closed_form_for_any_length():
+    spec = GenerationSpec.from_dict({"format": "wan2.1"})
+    stream = STREAM_PRESETS["videomla"]
+    for frames in (1, 9, 10, 81, 82, 1000):
+        linear = next(k for k in range(1, 10**4) if spec.codec.frames_for(3 * k) >= frames)
+        assert chunks_for_frames(spec, stream, frames) == linear
+    huge = GenerationRequest.build(spec, "a", 1e9)  # a billion seconds: no linear search
+    assert huge.num_chunks == math.ceil(((huge.total_frames - 1) / 4 + 1) / 3)
+
+
+def test_summary_json_fields(tmp_path, capsys, seed):
+    model = tiny_model(dataclasses.replace(preset("tiny"), in_channels=12, out_channels=12).with_mla())
+    ckpt = save_model(model, tmp_path / "m", META)
+    out, summary = tmp_path / "v.gif", tmp_path / "s.json"
+    args = ["generate", "--checkpoint", str(ckpt), "--prompt", "a", "--seconds", "3", "--out", str(out)]
+    assert main([*args, "--summary", str(summary), "--seed", str(seed), "--quiet", "--stream", "longlive"]) == 0
+    data = json.loads(summary.read_text())
+    for key in ("frames", "video_seconds", "wall_seconds", "fps", "fps_without_decode", "fps_steady"):
+        assert isinstance(data[key], float | int) and data[key] > 0, key
+    assert data["frames"] == 24 and data["time_to_first_chunk_seconds"] > 0 and data["seed"] == seed
+    assert data["run"]["stream"] == dataclasses.asdict(STREAM_PRESETS["longlive"])
+    assert "longlive" in data["run"]["stream_text"] and data["run"]["schedule"]["steps"] == [1000, 750, 500, 250]
+    assert data["peak_cache_bytes"] > 0 and data["cache_window_bytes"] < data["dense_window_bytes"]
+    assert data["cache_reduction"] == pytest.approx(1 - data["cache_window_bytes"] / data["dense_window_bytes"])
+
+
+def test_core_install_refuses_mp4_before_loading(tmp_path, capsys, monkeypatch):
+    """Without PyAV the mp4 writer is refused with the pip line, before the model loads, leaving no file."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kwargs):
+        if name == "av" or name.startswith("av."):
+            raise ModuleNotFoundError("No module named 'av'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    loaded = []
+    monkeypatch.setattr("videomla.pipeline.pipeline.load_model", lambda *a, **k: loaded.append(a))
+    code = main(["generate", "--prompt", "a", "--seconds", "1", "--out", str(tmp_path / "v.mp4")])
+    err = capsys.readouterr().err
+    assert code != 0 and 'pip install "videomla[video]"' in err and "Traceback" not in err
+    assert not loaded and list(tmp_path.iterdir()) == []
+
+
+def test_bench_arithmetic_with_injected_timings():
+    run = {
+        "transformer_ms": [100.0, 50.0, 50.0, 40.0, 40.0],
+        "vae_ms": [30.0, 20.0, 20.0, 20.0, 20.0],
+        "ready_s": [0.2, 0.3, 0.4, 0.5, 0.6],
+        "video_frames": [9, 12, 12, 12, 12],
+        "finite": True,
+    }
+    out = Bench.summarise(run, flops_per_chunk=10**12, clip_chunks=2, fill=2, peak_tflops=100.0)
+    assert out["steady_chunk_ms"] == 40.0 and out["fps_transformer"] == pytest.approx(300.0)
+    assert out["clip_fps_transformer"] == pytest.approx(21 / 0.15)
+    assert out["ttfc_ms"] == 100.0 and out["ttfc_with_vae_ms"] == pytest.approx(200.0)
+    assert out["fps_with_vae"] == pytest.approx(12 / 0.1)  # wall gaps between ready chunks: 100 ms
+    assert out["clip_fps_with_vae"] == pytest.approx(21 / 0.3)
+    assert out["achieved_tflops"] == pytest.approx(25.0) and out["fraction_of_matmul_peak"] == pytest.approx(0.25)
+    assert out["flop_floor_ms"] == pytest.approx(10.0) and out["flop_floor_fps"] == pytest.approx(1200.0)
+
+
+def test_thread_rule(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads(None, SMALL_MODEL_PARAMS - 1) == 1
+    assert choose_threads(3, 10) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads(None, 10) == 2
+    with pytest.raises(ValueError, match="--threads"):
+        choose_threads(0, 10)
