@@ -34,6 +34,7 @@ from videomla.config import StreamConfig
 from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import METRICS, evaluate
 from videomla.sampler import LatentGeometry, stream_latents
+from videomla.schedule import SamplingSchedule
 from videomla.schedule import FOUR_STEPS
 from videomla.text import HashTextEncoder
 from videomla.training.config import config_from_dict
@@ -154,7 +155,8 @@ def rollout(model, prompts: list[str], steps: tuple[int, ...] = FOUR_STEPS) -> t
     chunks = HORIZONS["12x"] // stream.frames_per_chunk
     gen = torch.Generator(device).manual_seed(0)
     geometry = LatentGeometry(48, 16, 16)
-    latents = stream_latents(model, text, geometry, stream, chunks, steps, generator=gen, batch=len(prompts))
+    schedule = SamplingSchedule(steps)
+    latents = stream_latents(model, text, geometry, stream, chunks, schedule, generator=gen, batch=len(prompts))
     codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
     return codec.decode(torch.cat(list(latents), dim=2).float()).cpu()
 
