@@ -34,8 +34,7 @@ from videomla.config import StreamConfig
 from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import METRICS, evaluate
 from videomla.sampler import LatentGeometry, stream_latents
-from videomla.schedule import SamplingSchedule
-from videomla.schedule import FOUR_STEPS
+from videomla.schedule import FOUR_STEPS, SamplingSchedule
 from videomla.text import HashTextEncoder
 from videomla.training.config import config_from_dict
 from videomla.training.trainer import Trainer
