@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -12,10 +13,24 @@ from videomla.config import ModelConfig, preset
 from videomla.model import CausalWanModel
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """scripts/seed_sweep.py: run each seeded test once per seed of the plan it writes (a JSON file)."""
+    plan_file = os.environ.get("VIDEOMLA_SEED_PLAN")
+    if not plan_file or "seed" not in metafunc.fixturenames:
+        return
+    with open(plan_file) as f:
+        plan = json.load(f)
+    seeds = plan.get(metafunc.definition.nodeid)
+    if seeds:
+        metafunc.parametrize("seed", seeds, indirect=True, ids=[f"seed{s}" for s in seeds])
+
+
 @pytest.fixture
 def seed(request: pytest.FixtureRequest) -> int:
     """A fresh seed per test (override with VIDEOMLA_TEST_SEED); shown in the failure report."""
-    value = int(os.environ.get("VIDEOMLA_TEST_SEED", random.randrange(2**31)))
+    value = getattr(request, "param", None)  # set by a seed-sweep plan
+    if value is None:
+        value = int(os.environ.get("VIDEOMLA_TEST_SEED", random.randrange(2**31)))
     torch.manual_seed(value)
     request.node.user_properties.append(("seed", value))
     return value
