@@ -153,8 +153,11 @@ def test_files_get_the_umask_mode(tmp_path, mask):
         writer = video_io.open_writer(tmp_path / "v.gif", "gif", 8, H, W)
         writer.write(frames(2))
         writer.close()
+        ckpt = save_model(tiny_model(), tmp_path / "ckpt")
     finally:
         os.umask(old)
+    assert ckpt.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700
+    assert (ckpt / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask  # not save_file's 0600
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (tmp_path / "v.gif").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~mask

@@ -26,9 +26,7 @@ import errno
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -842,21 +840,16 @@ def load_model(
 
 
 # -- writing -------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _atomic_folder(target: Path, owned: set[str]) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target`` by renames.
 
     A crash before the swap leaves the old checkpoint untouched. ``target`` may only be replaced
     when it holds nothing but the files this writer owns, so no foreign file is ever deleted.
+    The folder and its files get the umask's normal modes (see :func:`videomla.io_utils.atomic_folder`).
     """
+    from .io_utils import atomic_folder
+
     target = Path(target)
     if target.exists():
         if not target.is_dir():
@@ -864,22 +857,8 @@ def _atomic_folder(target: Path, owned: set[str]) -> Iterator[Path]:
         foreign = sorted(p.name for p in target.iterdir() if p.name not in owned)
         if foreign:
             raise CheckpointError(f"refusing to replace {target}: it holds files a checkpoint does not own: {foreign}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         yield tmp
-        for file in tmp.iterdir():
-            _fsync(file)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _cpu_state(state: Mapping[str, torch.Tensor], rename: Callable[[str], str] | None = None) -> StateDict:

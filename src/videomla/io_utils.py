@@ -141,9 +141,10 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 def atomic_folder(target: str | Path, owned: set[str] | None = None) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on a clean exit it replaces ``target`` by renames.
 
-    Files written into the yielded folder are fsynced before the swap and the folder gets a normal
-    mode. An existing ``target`` must be a folder and, when ``owned`` is given, may only hold those
-    file names (so a foreign file is never deleted). A failure before the swap leaves ``target``
+    Files written into the yielded folder are fsynced before the swap; the folder and its files
+    get the modes ``mkdir`` and ``open`` would give (``0o777``/``0o666`` minus the umask). An
+    existing ``target`` must be a folder and, when ``owned`` is given, may only hold those file
+    names (so a foreign file is never deleted). A failure before the swap leaves ``target``
     untouched; the old folder is removed only after the new one is in place.
     """
     target = Path(target)
@@ -163,6 +164,7 @@ def atomic_folder(target: str | Path, owned: set[str] | None = None) -> Iterator
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
+                os.chmod(file, file_mode())  # e.g. safetensors' save_file makes its files 0600
                 fsync_path(file)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=_parent(target)))
