@@ -42,18 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         '  videomla generate --prompt "a paper boat on a river" --seconds 60 --out boat.mp4\n'
         '  videomla generate --prompt "a calm sea@0" --prompt "a storm@20s" --recache --seconds 40 --out sea.mp4\n'
+        "  videomla generate --prompt-file prompts.txt --out-dir videos/ --num-samples 2 --seconds 10\n"
+        "  torchrun --nproc_per_node 4 --no-python videomla generate --prompt-file p.jsonl --out-dir v/ --seconds 60\n"
         "  videomla generate --checkpoint self_forcing_dmd.pt --vae Wan2.1-T2V-1.3B-Diffusers "
         '--text-encoder Wan2.1-T2V-1.3B-Diffusers --prompt "a fox" --seconds 10 --out fox.mp4',
     )
     p.add_argument(
         "--prompt",
         action="append",
-        required=True,
         metavar="TEXT[@SECONDS]",
         help="prompt; repeat with TEXT@SECONDS (e.g. 'a storm@20s') to switch prompts at that time",
     )
     p.add_argument("--seconds", type=float, required=True, help="video length in seconds (any length: memory is fixed)")
-    p.add_argument("--out", required=True, help="output file (.mp4, .gif or .png)")
+    p.add_argument("--out", help="output file (.mp4, .gif or .png)")
+    p.add_argument(
+        "--prompt-file",
+        help="batch mode: a .txt (one prompt per line) or .jsonl (LongLive's {'prompts': [...], "
+        "'switch_frame_indices': [...]}) file; one video per entry into --out-dir",
+    )
+    p.add_argument("--out-dir", help="batch mode: folder for the videos and their .json sidecars")
+    p.add_argument("--num-samples", type=int, default=1, help="batch mode: videos per prompt entry (default 1)")
     p.add_argument("--format", choices=("mp4", "gif", "png-grid"), help="output format (default: from --out's suffix)")
     p.add_argument("--grid-frames", type=int, default=16, help="frames sampled into a png-grid (default 16)")
     p.add_argument("--crf", type=int, help="mp4 quality: x264 constant rate factor (lower is better)")
@@ -109,19 +117,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _mode(args: argparse.Namespace) -> str:
+    if args.prompt_file is not None:
+        if args.prompt or args.out:
+            raise ValueError("--prompt-file writes into --out-dir; it takes no --prompt or --out")
+        if not args.out_dir:
+            raise ValueError("--prompt-file needs --out-dir (the folder the videos go to)")
+        return "batch"
+    if not args.prompt or not args.out:
+        raise ValueError("give --prompt and --out (or --prompt-file and --out-dir)")
+    if args.out_dir or args.num_samples != 1:
+        raise ValueError("--out-dir and --num-samples go with --prompt-file")
+    return "single"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine import EngineOptions
     from ..io_utils import atomic_write_text
     from ..pipeline import GenerationRequest, Pipeline, parse_prompt, resolve_device, resolve_spec
 
-    # Everything cheap first: the request is validated from config.json before any weights load.
+    # Everything cheap first: requests are validated from config.json before any weights load.
+    mode = _mode(args)
     if not args.seconds > 0:
         raise ValueError(f"--seconds must be positive, got {args.seconds:g}")
     _, spec = resolve_spec(args.checkpoint, args.vae, args.text_encoder)
-    request = GenerationRequest.build(
-        spec,
-        [parse_prompt(arg) for arg in args.prompt],
-        args.seconds,
+    options_of_request = dict(
         stream=args.stream,
         sink=args.sink,
         window=args.window,
@@ -129,17 +149,23 @@ def run(args: argparse.Namespace) -> int:
         rope=args.rope,
         steps=args.steps,
         shift=args.shift,
-        seed=args.seed,
         recache=args.recache,
         keep_sink=args.keep_sink,
-        out=args.out,
         format=args.format,
         grid_frames=args.grid_frames,
         output="none",
         crf=args.crf,
         pix_fmt=args.pix_fmt,
     )
-    device = resolve_device(args.device)
+
+    def build(prompts, out, seed) -> GenerationRequest:
+        return GenerationRequest.build(spec, prompts, args.seconds, out=out, seed=seed, **options_of_request)
+
+    if mode == "single":
+        jobs = [(build([parse_prompt(arg) for arg in args.prompt], args.out, args.seed), args.summary)]
+    else:
+        jobs = _batch_jobs(args, spec, build)
+    device = resolve_device(_local_device(args.device))
     options = EngineOptions(compile=args.compile, cuda_graphs=args.compile if device.type == "cuda" else False)
     pipe = Pipeline.from_checkpoint(
         args.checkpoint,
@@ -155,22 +181,62 @@ def run(args: argparse.Namespace) -> int:
         decode_overlap=args.decode_overlap,
         threads=args.threads,
     )
-    chunks = pipe.run(request, progress=not args.quiet)
-    interrupted = False
-    try:
-        for _ in chunks:
-            pass
-    except KeyboardInterrupt:
-        interrupted = True  # the file is finished below with every frame made so far
-    finally:
-        chunks.close()
-    summary = pipe.summary
-    summary.interrupted = interrupted
-    summary.run["checkpoint"] = args.checkpoint or "the embedded default model"
+    for request, summary_path in jobs:
+        chunks = pipe.run(request, progress=not args.quiet)
+        interrupted = False
+        try:
+            for _ in chunks:
+                pass
+        except KeyboardInterrupt:
+            interrupted = True  # the file is finished below with every frame made so far
+        finally:
+            chunks.close()
+        summary = pipe.summary
+        summary.interrupted = interrupted
+        summary.run["checkpoint"] = args.checkpoint or "the embedded default model"
+        if summary_path:
+            atomic_write_text(summary_path, json.dumps(summary.to_dict(), indent=2) + "\n")
+        if not args.quiet:
+            state = "interrupted; wrote what was generated to" if interrupted else "wrote"
+            print(f"{state} {request.out} ({request.format})", file=sys.stderr if interrupted else sys.stdout)
+            print(summary.text())
+        if interrupted:
+            return 130
+    return 0
+
+
+def _local_device(device: str | None) -> str | None:
+    """Under torchrun each process takes its own GPU (LOCAL_RANK) unless --device names one."""
+    import os
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and (device is None or device == "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(local)}"
+    return device
+
+
+def _batch_jobs(args: argparse.Namespace, spec, build) -> list:
+    """This process's share of the prompt file: (request, sidecar path) per video."""
+    import random
+    from pathlib import Path
+
+    from ..pipeline.batch import batch_items, read_prompt_file, shard
+
+    out_dir = Path(args.out_dir)
+    if not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is not a folder (create it first)")
     if args.summary:
-        atomic_write_text(args.summary, json.dumps(summary.to_dict(), indent=2) + "\n")
-    if not args.quiet:
-        state = "interrupted; wrote what was generated to" if interrupted else "wrote"
-        print(f"{state} {args.out} ({request.format})", file=sys.stderr if interrupted else sys.stdout)
-        print(summary.text())
-    return 130 if interrupted else 0
+        raise ValueError("--summary goes with --out; in batch mode every video gets a .json sidecar")
+    fpc = args.frames_per_chunk or spec.stream.frames_per_chunk
+    entries = read_prompt_file(args.prompt_file, spec, fpc)
+    base = random.randrange(2**31) if args.seed is None else args.seed
+    suffix = {"mp4": ".mp4", "gif": ".gif", "png-grid": ".png", None: ".mp4"}[args.format]
+    rank, world = shard()
+    items = batch_items(entries, args.num_samples, base)[rank::world]
+    return [
+        (build(item.prompts, out_dir / f"{item.name}{suffix}", item.seed), out_dir / f"{item.name}.json")
+        for item in items
+    ]

@@ -153,6 +153,31 @@ class StreamEngine:
         self.chunks += 1
         return x0
 
+    def prefill(self, latents: torch.Tensor, text: torch.Tensor) -> None:
+        """Continue a given video: commit its clean latents [B, C, F, H, W] to the cache, chunk by chunk.
+
+        Each chunk is written as a clean (t = 0) pass, exactly what the stream writes after
+        generating a chunk, so the next :meth:`step` continues the given frames. ``F`` must be a
+        multiple of ``frames_per_chunk``.
+        """
+        n = self.stream.frames_per_chunk
+        if (
+            latents.shape[0] != self.batch
+            or latents.shape[1:2] + latents.shape[3:] != self.chunk_shape[1:2] + self.chunk_shape[3:]
+        ):
+            raise ValueError(f"context latents {tuple(latents.shape)} do not fit chunks {self.chunk_shape}")
+        if latents.shape[2] % n:
+            raise ValueError(f"context of {latents.shape[2]} latent frames is not a whole number of {n}-frame chunks")
+        forward = self.graphs.forward_chunk if self.graphs is not None else self.model.forward_chunk
+        with self._kernels(), torch.no_grad():
+            for start in range(0, latents.shape[2], n):
+                chunk = latents[:, :, start : start + n].to(self.device, self.dtype)
+                forward(chunk, self._timestep(0.0), text, self.cache, write=True)
+                if self.keep_history:
+                    self.history = self.history or LatentHistory(self.stream.cached_frames, chunk)
+                    self.history.update(chunk, self.next_frame - n, self.cache.window.slot_frame)
+                self.chunks += 1
+
     def recache(self, text: torch.Tensor, keep_sink: bool = False) -> None:
         """Rebuild the cache under ``text`` (a prompt switch); needs ``keep_history=True``."""
         if not self.keep_history:

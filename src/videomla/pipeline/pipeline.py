@@ -60,6 +60,14 @@ class ChunkTiming:
     ready_s: float  # seconds since the run started when the frames were ready
 
 
+@dataclass
+class VideoOutput:
+    """What calling a :class:`Pipeline` returns (diffusers' ``output.frames`` convention)."""
+
+    frames: np.ndarray | torch.Tensor  # uint8 [T, H, W, 3] ("np" / "pt") or latents [1, C, F, h, w]
+    summary: RunSummary
+
+
 def check_attention(model: CausalWanModel, attention: str | None, mla_path: str = "auto") -> None:
     """``attention`` converts nothing: it asserts what the checkpoint holds and selects the MLA path."""
     if attention not in (None, "dense", "mla"):
@@ -160,6 +168,7 @@ class Pipeline:
         options: EngineOptions | None = None,
         decode_overlap: bool = True,
         cache_dtype: torch.dtype | None = None,
+        offload_text_encoder: bool = False,
     ):
         cfg = model.config
         if codec.latent_channels != cfg.in_channels or cfg.out_channels != cfg.in_channels:
@@ -182,6 +191,7 @@ class Pipeline:
         self.options = (options or EngineOptions()).resolve(self.device)
         self.decode_overlap = decode_overlap
         self.cache_dtype = cache_dtype
+        self.offload_text_encoder = offload_text_encoder
         self.geometry = LatentGeometry(codec.latent_channels, v.height // s, v.width // s)
         self.engine: StreamEngine | None = None  # the running (or last) stream's engine
         self.summary = RunSummary()
@@ -202,13 +212,15 @@ class Pipeline:
         options: EngineOptions | None = None,
         decode_overlap: bool = True,
         threads: int | None = None,
+        offload_text_encoder: bool = False,
     ) -> Pipeline:
         """Load a checkpoint (None: the embedded default) with the codec and text encoder its metadata names.
 
         ``vae`` / ``text_encoder`` give (or override) the folders of a Wan VAE / UMT5 checkpoint;
         ``which`` picks Self-Forcing's EMA or raw generator weights; ``kv_fp8`` stores MLA
         latents in fp8. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU. ``threads``: CPU
-        threads (None: :func:`~videomla.engine.threads.choose_threads`'s rule).
+        threads (None: :func:`~videomla.engine.threads.choose_threads`'s rule). ``offload_text_encoder``
+        keeps UMT5 on the CPU except while it encodes prompts (about 11 GB less accelerator memory).
         """
         path, spec = resolve_spec(checkpoint, vae, text_encoder)
         device = resolve_device(device)
@@ -226,7 +238,60 @@ class Pipeline:
                 raise ValueError("--kv-fp8 stores MLA latents in fp8, but this checkpoint has no MLA layers")
             model.set_kv_dtype(torch.float8_e4m3fn)
         encoder = encoder or build_text_encoder(spec.text_encoder, model.config.text_dim, device, dtype)
-        return cls(model, spec, codec, encoder, options=options, decode_overlap=decode_overlap)
+        if offload_text_encoder and getattr(encoder, "encoder", None) is not None:
+            encoder.encoder.to("cpu")
+        return cls(
+            model, spec, codec, encoder, options=options, decode_overlap=decode_overlap,
+            offload_text_encoder=offload_text_encoder,
+        )  # fmt: skip
+
+    from_pretrained = from_checkpoint  # the diffusers name; local folders only
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Save the model with this pipeline's generation spec (codec, text, video, stream, schedule)."""
+        from ..checkpoint import save_model
+
+        return save_model(self.model, out_dir, self.spec.to_dict())
+
+    def __call__(
+        self,
+        prompt: Prompts,
+        num_frames: int | None = None,
+        *,
+        seconds: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        **request: Any,
+    ) -> VideoOutput:
+        """Eager generation, as diffusers pipelines are called: the whole video in memory.
+
+        ``num_frames`` or ``seconds`` sets the length; ``num_inference_steps`` n samples the
+        evenly spaced list [1000, 1000 - 1000/n, ...] (4 -> Self-Forcing's 1000, 750, 500, 250);
+        ``generator`` draws the noise (else ``seed=``); ``output_type`` "np", "pt" or "latent".
+        Streaming (:meth:`stream`) is the constant-memory way for long videos.
+        """
+        if (num_frames is None) == (seconds is None):
+            raise ValueError("give the length as num_frames or seconds (one of them)")
+        if num_frames is not None:
+            if not isinstance(num_frames, int) or num_frames < 1:
+                raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+            seconds = num_frames / self.spec.video.fps
+        if num_inference_steps is not None:
+            if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
+                raise ValueError(f"num_inference_steps must be an integer in 1..1000, got {num_inference_steps!r}")
+            n = num_inference_steps
+            request["steps"] = tuple(round(1000 * (n - i) / n) for i in range(n))
+        outputs = {"np": "numpy", "pt": "torch", "latent": "latent"}
+        if output_type not in outputs:
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        req = self.request(prompt, seconds, output=outputs[output_type], **request)
+        chunks = [c.frames for c in self._run(req, None, False, generator)]
+        if output_type == "np":
+            frames: np.ndarray | torch.Tensor = np.concatenate(chunks)
+        else:
+            frames = torch.cat(chunks, dim=2 if output_type == "latent" else 0)
+        return VideoOutput(frames, self.summary)
 
     @property
     def device(self) -> torch.device:
@@ -280,16 +345,38 @@ class Pipeline:
         """Stream ``request`` (from :meth:`request`); ``on_chunk`` sees each chunk's timings."""
         if request.spec.video != self.spec.video or request.spec.codec.type != self.spec.codec.type:
             raise ValueError("the request was built for another checkpoint's spec; build it with Pipeline.request")
-        return self._run(request, on_chunk, progress)
+        return self._run(request, on_chunk, progress, None)
 
     def _embed_prompts(self, request: GenerationRequest) -> list[torch.Tensor]:
-        features = self.text_encoder.encode([text for text, _ in request.prompts])
+        encoder = getattr(self.text_encoder, "encoder", None)  # UMT5: the one large module besides the DiT
+        if self.offload_text_encoder and encoder is not None:
+            encoder.to(self.device)
+        try:
+            features = self.text_encoder.encode([text for text, _ in request.prompts])
+        finally:
+            if self.offload_text_encoder and encoder is not None:
+                encoder.to("cpu")  # off the accelerator while the video streams
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
         with torch.no_grad():
             embedded = self.model.embed_text(features.to(device=self.device, dtype=self.dtype))
         return [embedded[i : i + 1] for i in range(len(request.prompts))]
 
+    def _prefill(self, engine: StreamEngine, queue, frames: torch.Tensor, text: torch.Tensor) -> None:
+        """Encode the context frames, commit them to the cache and warm the decoder's causal state."""
+        video = frames.to(self.device).permute(3, 0, 1, 2)[None].to(self.dtype) / 127.5 - 1  # [1, 3, T, H, W]
+        with torch.no_grad():
+            latents = self.codec.encode(video).to(self.dtype)
+        engine.prefill(latents, text)
+        if queue is not None:
+            queue.decoder.decode(latents)  # the decoder continues from the context's last frames
+
     def _run(
-        self, request: GenerationRequest, on_chunk: Callable[[ChunkTiming], None] | None, progress: bool
+        self,
+        request: GenerationRequest,
+        on_chunk: Callable[[ChunkTiming], None] | None,
+        progress: bool,
+        generator: torch.Generator | None,
     ) -> Iterator[FrameChunk]:
         v = self.spec.video
         started = time.perf_counter()
@@ -312,8 +399,7 @@ class Pipeline:
                 "threads": torch.get_num_threads() if not cuda else None,
             },
         )
-        generator = torch.Generator(self.device).manual_seed(request.seed)
-        fpc = request.stream.frames_per_chunk
+        generator = generator or torch.Generator(self.device).manual_seed(request.seed)
         decode = request.output != "latent" or request.out is not None
         queue = ChunkDecodeQueue(self.codec.stream_decoder(), self.device, self.decode_overlap) if decode else None
         pipelined = queue is not None and queue.side is not None  # decode k while k+1 denoises
@@ -327,7 +413,7 @@ class Pipeline:
             room = None if request.total_frames is None else request.total_frames - summary.frames
             if job.frames is None:  # latents only: count the frames a decoder would make
                 frames = None
-                made = self.spec.codec.frames_for((k + 1) * fpc) - self.spec.codec.frames_for(k * fpc)
+                made = request.frames_in_chunk(k)
                 count = made if room is None else min(made, room)
             else:
                 frames = job.frames if room is None else job.frames[:room]
@@ -360,6 +446,8 @@ class Pipeline:
                     request.out, request.format, v.fps, v.height, v.width, request.total_frames,
                     request.grid_frames, crf=request.crf, pix_fmt=request.pix_fmt,
                 )  # fmt: skip
+            if request.context is not None:
+                self._prefill(engine, queue, request.context, embedded[0])
             k = 0
             while request.num_chunks is None or k < request.num_chunks:
                 prompt = request.prompt_at(k)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
+import torch
 
 from ..config import StreamConfig, describe_stream, stream_preset
 from ..schedule import SamplingSchedule
@@ -65,6 +68,8 @@ class GenerationRequest:
     output: Output = "numpy"
     crf: int | None = None  # mp4 quality (None: the writer's default)
     pix_fmt: str | None = None  # mp4 pixel format (yuv444p keeps colours exact enough for evaluation)
+    context: torch.Tensor | None = field(default=None, compare=False, repr=False)  # uint8 [T, H, W, 3]
+    context_chunks: int = 0  # chunks the context fills; generation continues after them
 
     @classmethod
     def build(
@@ -89,10 +94,13 @@ class GenerationRequest:
         output: Output = "numpy",
         crf: int | None = None,
         pix_fmt: str | None = None,
+        context: Any = None,
     ) -> GenerationRequest:
         """``stream``: a :class:`StreamConfig` or a preset name (``self-forcing``, ``longlive``,
         ``reward-forcing``, ``videomla``); None: the checkpoint's. ``sink`` / ``window`` /
-        ``frames_per_chunk`` / ``rope`` then override single fields, ``steps`` / ``shift`` the sampler."""
+        ``frames_per_chunk`` / ``rope`` then override single fields, ``steps`` / ``shift`` the sampler.
+        ``context``: frames [T, H, W, 3] (uint8) of a video to continue; the cache is filled with
+        them first and the new video (``seconds`` long, prompt times relative to its start) follows."""
         if isinstance(stream, str):
             base, source = stream_preset(stream), f"the {stream} preset (--stream)"
         elif stream is not None:
@@ -125,7 +133,10 @@ class GenerationRequest:
         fps = spec.video.fps
         schedule_of = prompt_schedule(prompts)
         total = None if seconds is None else math.ceil(seconds * fps - 1e-9)
-        switches = [chunk_of_frame(spec, base, math.floor(start * fps + 1e-9)) for _, start in schedule_of]
+        frames_in, k0, context = _check_context(context, spec, base)
+        switches = [
+            chunk_of_frame(spec, base, frames_in + math.floor(start * fps + 1e-9)) - k0 for _, start in schedule_of
+        ]
         for i in range(1, len(schedule_of)):
             if total is not None and schedule_of[i][1] * fps >= total:
                 raise ValueError(f"prompt {schedule_of[i][0]!r} starts at {schedule_of[i][1]} s, after the video ends")
@@ -157,7 +168,7 @@ class GenerationRequest:
             switch_chunks=tuple(switches),
             seconds=seconds,
             total_frames=total,
-            num_chunks=None if total is None else chunks_for_frames(spec, base, total),
+            num_chunks=None if total is None else chunks_for_frames(spec, base, frames_in + total) - k0,
             stream=base,
             stream_source=source,
             schedule=schedule,
@@ -170,7 +181,14 @@ class GenerationRequest:
             output=output,
             crf=crf,
             pix_fmt=pix_fmt,
+            context=context,
+            context_chunks=k0,
         )
+
+    def frames_in_chunk(self, chunk: int) -> int:
+        """Video frames new chunk ``chunk`` decodes to (after any context)."""
+        c, k = self.stream.frames_per_chunk, self.context_chunks + chunk
+        return self.spec.codec.frames_for((k + 1) * c) - self.spec.codec.frames_for(k * c)
 
     def prompt_at(self, chunk: int) -> int:
         """Index of the prompt that conditions ``chunk``."""
@@ -190,4 +208,24 @@ class GenerationRequest:
             "keep_sink": self.keep_sink,
             "out": None if self.out is None else str(self.out),
             "format": self.format,
+            "context_frames": 0 if self.context is None else len(self.context),
         }
+
+
+def _check_context(context: Any, spec: GenerationSpec, stream: StreamConfig) -> tuple[int, int, torch.Tensor | None]:
+    """(video frames, chunks, uint8 tensor [T, H, W, 3]) of a video to continue."""
+    if context is None:
+        return 0, 0, None
+    frames = torch.as_tensor(np.asarray(context)) if not isinstance(context, torch.Tensor) else context
+    v = spec.video
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != (v.height, v.width, 3):
+        raise ValueError(
+            f"context must be uint8 frames [T, {v.height}, {v.width}, 3] (this model's size), "
+            f"got {frames.dtype} {tuple(frames.shape)}"
+        )
+    c = stream.frames_per_chunk
+    k = chunks_for_frames(spec, stream, len(frames))
+    if spec.codec.frames_for(k * c) != len(frames):
+        fits = [spec.codec.frames_for(j * c) for j in range(max(1, k - 1), k + 2)]
+        raise ValueError(f"a context of {len(frames)} frames is not a whole number of chunks; e.g. {fits} frames are")
+    return len(frames), k, frames.cpu()

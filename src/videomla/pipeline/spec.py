@@ -94,7 +94,7 @@ class GenerationSpec:
     video: VideoSpec = field(default_factory=VideoSpec)
     stream: StreamConfig = field(default_factory=StreamConfig)
     schedule: SamplingSchedule = field(default_factory=SamplingSchedule)
-    stream_source: str = "given"  # where ``stream`` came from (for the run summary)
+    stream_source: str = field(default="given", compare=False)  # where ``stream`` came from (summaries)
 
     def __post_init__(self) -> None:
         if self.codec.type not in _CODEC_KEYS:

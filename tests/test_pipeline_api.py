@@ -1,0 +1,178 @@
+"""What users of the peers reach for: prompt-file batches, LongLive JSONL, the diffusers-style call, continuation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videomla.checkpoint import save_model
+from videomla.cli import main
+from videomla.config import StreamConfig, preset
+from videomla.engine import LatentGeometry, StreamEngine
+from videomla.pipeline import GenerationSpec, Pipeline
+from videomla.pipeline.batch import batch_items, read_prompt_file
+
+from conftest import tiny_model
+
+META = {
+    "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
+    "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
+    "video": {"height": 24, "width": 32, "fps": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    model = tiny_model(dataclasses.replace(preset("tiny"), in_channels=12, out_channels=12))
+    return save_model(model, tmp_path_factory.mktemp("api") / "tiny", META)
+
+
+@pytest.fixture(scope="module")
+def pipe(ckpt):
+    return Pipeline.from_checkpoint(ckpt, device="cpu")
+
+
+def test_prompt_files_txt_and_longlive_jsonl(tmp_path):
+    spec = GenerationSpec.from_dict(META)
+    txt = tmp_path / "p.txt"
+    txt.write_text("a red ball\n# a comment\n\na blue cube\n")
+    entries = read_prompt_file(txt, spec, 3)
+    assert [e["prompts"] for e in entries] == [[("a red ball", 0.0)], [("a blue cube", 0.0)]]
+    jsonl = tmp_path / "p.jsonl"
+    lines = [
+        {"prompts": ["a red ball", "a blue cube"], "switch_frame_indices": [6]},  # LongLive: latent frames
+        {"prompts": [["a", 0], ["b", 2.5]], "name": "Timed One!", "seed": 7},
+    ]
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    entries = read_prompt_file(jsonl, spec, 3)
+    assert entries[0]["prompts"] == [("a red ball", 0.0), ("a blue cube", 6 / 8)]  # pixel codec: frame 6 at 8 fps
+    assert entries[1] == {"prompts": [("a", 0.0), ("b", 2.5)], "name": "timed-one", "seed": 7}
+    items = batch_items(entries, 2, base_seed=100)
+    assert [(i.name, i.seed) for i in items] == [
+        ("0000-a-red-ball-s0", 100),
+        ("0000-a-red-ball-s1", 101),
+        ("timed-one-s0", 7),
+        ("timed-one-s1", 8),
+    ]
+    for bad, message in [
+        ('{"prompts": ["a", "b"]}', "need 1 switch_frame_indices"),
+        ('{"prompts": ["a", "b"], "switch_frame_indices": [4]}', "chunk start"),
+        ('{"prompts": "a"}', "non-empty"),
+        ('{"prompts": ["a"], "colour": 1}', "unknown keys"),
+        ("not json", "not JSON"),
+    ]:
+        jsonl.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=message):
+            read_prompt_file(jsonl, spec, 3)
+
+
+def test_batch_cli_shards_over_processes(ckpt, tmp_path, monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red ball\na blue cube\na green cone\n")
+    args = ["generate", "--checkpoint", str(ckpt), "--prompt-file", str(prompts), "--seconds", "1", "--seed", "5"]
+    args += ["--format", "gif", "--quiet"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    whole.mkdir(), split.mkdir()
+    assert main([*args, "--out-dir", str(whole)]) == 0
+    for rank in (0, 1):  # two torchrun processes share the list: every other item each
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main([*args, "--out-dir", str(split)]) == 0
+    names = sorted(p.name for p in whole.iterdir())
+    assert names == sorted(p.name for p in split.iterdir()) and len(names) == 6
+    for name in names:  # seeds depend on the item, not on the process: the same videos
+        assert (whole / name).read_bytes() == (split / name).read_bytes() or name.endswith(".json")
+    sidecar = json.loads((whole / "0002-a-green-cone.json").read_text())
+    assert sidecar["seed"] == 7 and sidecar["run"]["prompts"] == [["a green cone", 0.0]]
+
+
+def test_batch_cli_bad_input(ckpt, tmp_path, capsys):
+    base = ["generate", "--checkpoint", str(ckpt), "--seconds", "1"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\n")
+    for args, message in [
+        (["--prompt-file", str(prompts)], "needs --out-dir"),
+        (["--prompt-file", str(prompts), "--out-dir", str(tmp_path / "none")], "not a folder"),
+        (["--prompt-file", str(prompts), "--out-dir", str(tmp_path), "--prompt", "a"], "takes no --prompt"),
+        (["--prompt", "a"], "give --prompt and --out"),
+    ]:
+        assert main(base + args) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_diffusers_style_call(pipe, tmp_path, seed):
+    out = pipe("a red ball", num_frames=10, num_inference_steps=4, seed=seed)
+    assert out.frames.shape == (10, 24, 32, 3) and out.frames.dtype == np.uint8
+    streamed = np.concatenate([c.frames for c in pipe.stream("a red ball", 10 / 8, seed=seed)])
+    np.testing.assert_array_equal(out.frames, streamed)  # 4 even steps = the default list
+    gen = torch.Generator().manual_seed(seed)
+    by_generator = pipe("a red ball", num_frames=10, generator=gen, output_type="pt")
+    np.testing.assert_array_equal(by_generator.frames.numpy(), out.frames)  # a generator seeded alike
+    latent = pipe("a red ball", seconds=1.5, seed=seed, output_type="latent")
+    assert latent.frames.shape == (1, 12, 12, 12, 16)  # 4 chunks of 3 latent frames
+    two = pipe("a red ball", num_frames=3, num_inference_steps=2, seed=seed)
+    assert two.summary.run["schedule"]["steps"] == [1000, 500]
+    for kwargs, message in [
+        ({}, "num_frames or seconds"),
+        ({"num_frames": 0}, "positive integer"),
+        ({"num_frames": 3, "output_type": "pil"}, "output_type"),
+        ({"num_frames": 3, "num_inference_steps": 0}, "num_inference_steps"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            pipe("a", **kwargs)
+    saved = pipe.save_pretrained(tmp_path / "again")
+    again = Pipeline.from_pretrained(saved, device="cpu")
+    assert again.spec == pipe.spec
+    np.testing.assert_array_equal(again("a red ball", num_frames=10, seed=seed).frames, out.frames)
+
+
+def test_prefill_continues_the_stream_exactly(seed):
+    """Committing a stream's own clean latents reproduces its cache; the next chunk is the same."""
+    model = tiny_model()
+    stream, geometry = StreamConfig(sink_frames=1, window_frames=3), LatentGeometry(4, 4, 6)
+    with torch.no_grad():
+        text = model.embed_text(torch.randn(1, 5, 32))
+    original = StreamEngine(model, stream, geometry)
+    gen = torch.Generator().manual_seed(seed)
+    context = torch.cat([original.step(text, gen) for _ in range(4)], dim=2)
+    continued = StreamEngine(model, stream, geometry)
+    continued.prefill(context, text)
+    assert continued.cache.window.slot_frame == original.cache.window.slot_frame
+    for a, b in zip(continued.cache.layers, original.cache.layers):
+        for name in a.buffers:
+            torch.testing.assert_close(a.buffers[name], b.buffers[name], rtol=0, atol=0)
+    state = gen.get_state()
+    nxt = original.step(text, gen)
+    gen.set_state(state)
+    torch.testing.assert_close(continued.step(text, gen), nxt, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="whole number"):
+        StreamEngine(model, stream, geometry).prefill(context[:, :, :4], text)
+
+
+def test_continue_a_video_from_frames(pipe, seed):
+    first = pipe("a red ball", num_frames=12, seed=seed)
+    cont = pipe("a red ball", num_frames=6, seed=seed, context=first.frames[:9])
+    assert cont.frames.shape == (6, 24, 32, 3) and cont.summary.run["context_frames"] == 9
+    assert cont.summary.chunks == 2  # chunks after the 3 of context
+    with pytest.raises(ValueError, match="whole number of chunks"):
+        pipe("a", num_frames=3, context=first.frames[:8])
+    with pytest.raises(ValueError, match="uint8 frames"):
+        pipe("a", num_frames=3, context=first.frames[:9].astype(np.float32))
+
+
+def test_text_encoder_offload_moves_it_only_around_encoding(pipe, monkeypatch, seed):
+    moves = []
+
+    class Encoder(torch.nn.Module):
+        def to(self, *args, **kwargs):
+            moves.append(str(args[0]))
+            return self
+
+    monkeypatch.setattr(pipe.text_encoder, "encoder", Encoder(), raising=False)
+    monkeypatch.setattr(pipe, "offload_text_encoder", True)
+    list(pipe.stream("a red ball", 0.5, seed=seed))
+    assert moves == ["cpu", "cpu"]  # to the model's device (cpu here) to encode, then back to cpu
