@@ -3,8 +3,8 @@
 #   bash scripts/gpu_teacher.sh        (through the device tool; needs .carry/src and .baseline/src)
 # .carry/src: `git archive HEAD src` (the committed code, not other work in progress);
 # .baseline/src: the trainer before this work (`git archive 52dd9a9 src`), timed as "before".
-# The step count is fixed before training starts, from the measured s/step of the fastest b64
-# variant, so that the run (and its LR schedule) ends inside the call; plan.json records it.
+# The step count is fixed before training starts (STEPS=N, or from the measured s/step of the
+# fastest b64 variant, so that the run and its LR schedule end inside the call); plan.txt records it.
 set -o pipefail
 export PYTHONPATH=.carry/src PYTHONUNBUFFERED=1
 START=$(date +%s)
@@ -47,6 +47,9 @@ print(f"--set kernels.backend={kernels[best]} --set steps={steps} --set optim.de
 print(f"# best {best}: {s:.4f} s/step, warm-up {compile_s:.0f} s, {left:.0f} s left -> {steps} steps", file=sys.stderr)
 PY
 )
+if [ -n "$STEPS" ]; then  # a fixed step count (a replay): STEPS=2400 bash scripts/gpu_teacher.sh
+  SETS="$(echo $SETS | sed 's/--set steps=[0-9]* --set optim.decay_steps=[0-9]*//') --set steps=$STEPS --set optim.decay_steps=$(( STEPS / 3 ))"
+fi
 echo "plan: $SETS" | tee -a $OUT/log
 ELAPSED=$(( $(date +%s) - START ))
 timeout $(( LIMIT - ELAPSED - 25 )) python3 -m videomla train configs/world-teacher.yaml --out $R --device cuda $SETS 2>&1 \

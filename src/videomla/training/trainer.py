@@ -52,10 +52,10 @@ CONFIG_FILE = "config.yaml"
 LR = "lr"
 
 
-class NonFiniteError(FloatingPointError, ValueError):
+class NonFiniteError(FloatingPointError):
     """Training produced a NaN / Inf (loss, gradient norm, held-out loss or weights) at a named step.
 
-    A ValueError too, so the command line reports it in one line and exits with status 2.
+    A failed run, not bad input: the command line reports it in one line and exits with status 1.
     """
 
 
