@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from .common import check_output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or cfg.out_dir
     if not out:
         raise ValueError("no run folder: pass --out DIR or set out_dir in the config")
+    check_output_folder(Path(out), "run folder")  # a file, a link loop, an unwritable parent: before any work
     history = train(cfg, out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary, from the main process
         return 0
