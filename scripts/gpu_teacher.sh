@@ -29,7 +29,7 @@ trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/log
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/log
 timeout ${BENCH_S:-230} python3 scripts/train_throughput.py --out $OUT/tp --baseline-src .baseline/src \
-  --cases cpu-render-b16 b16 b64 b64-eager b64-inductor b128-inductor b64-inductor-cudnn --steps 10 --warmup 3 2>&1 \
+  --cases b16 b64 b64-eager b64-inductor b128-inductor b64-inductor-cudnn cpu-render-b16 --steps 10 --warmup 3 2>&1 \
   | tee -a $OUT/log
 ELAPSED=$(( $(date +%s) - START ))
 SETS=$(python3 - $OUT/tp/throughput.json $(( LIMIT - ELAPSED )) <<'PY' | tee $OUT/plan.txt
