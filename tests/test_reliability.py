@@ -206,6 +206,19 @@ def test_failure_discards_interrupt_publishes(tmp_path, fmt):
             assert getattr(im, "n_frames", 1) == (3 if fmt == "gif" else 1)
 
 
+@pytest.mark.parametrize("fmt", ["mp4", "gif", "png-grid"])
+def test_interrupt_before_the_first_frame_publishes_nothing(tmp_path, fmt):
+    out = tmp_path / f"v.{fmt.removesuffix('-grid')}"
+    out.write_bytes(b"old")
+    writer = video_io.open_writer(out, fmt, 8, H, W, total_frames=12)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            writer.close()
+    assert out.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
 def test_mp4_crf_and_pix_fmt(tmp_path):
     import av
 

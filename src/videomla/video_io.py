@@ -297,6 +297,7 @@ class Mp4Writer(_PublishingWriter):
             self._stream = self._container.add_stream("libx264", rate=rate, options=options)
             self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
             self._stream.codec_context.gop_size = 10**6  # keyframes only where a chunk starts
+            self._frames = 0
         except BaseException as err:
             self._out.discard()
             if isinstance(err, Exception):
@@ -314,9 +315,15 @@ class Mp4Writer(_PublishingWriter):
                     frame.pict_type = av.video.frame.PictureType.I  # closes the previous fragment
                 for packet in self._stream.encode(frame):
                     self._container.mux(packet)
+                self._frames += 1
             self._out.file.flush()
         except Exception as err:
             raise _write_error(self._out.path, err) from err
+
+    def close(self, commit: bool | None = None) -> None:
+        if commit is None and not self._closed and self._frames == 0:
+            commit = False  # interrupted before the first frame: an mp4 without frames is no video
+        super().close(commit)
 
     def _finish(self) -> None:
         for packet in self._stream.encode():
