@@ -212,7 +212,9 @@ def config_to_diffusers(cfg: ModelConfig) -> dict[str, Any]:
 # -- config from tensor shapes -------------------------------------------------------------------
 def _shape(state: Mapping[str, torch.Tensor], key: str, why: str) -> tuple[int, ...]:
     if key not in state:
-        raise CheckpointError(f"cannot infer the model config ({why}): key {key!r} is missing; pass preset= or config=")
+        raise CheckpointError(
+            f"cannot infer the model config ({why}): key {key!r} is missing; pass --preset (preset=) or config="
+        )
     return tuple(state[key].shape)
 
 
@@ -263,7 +265,7 @@ def infer_config(state: Mapping[str, torch.Tensor], num_heads: int | None = None
     if heads is None:
         raise CheckpointError(
             f"cannot tell the number of attention heads of a dim-{dim} model from tensor shapes "
-            f"(known: {KNOWN_HEADS}); pass preset= or config="
+            f"(known: {KNOWN_HEADS}); pass --preset (preset=) or config="
         )
     return ModelConfig(
         dim=dim,
@@ -452,7 +454,9 @@ def _read_torch(file: Path, which: Which) -> tuple[StateDict, str]:
     if sets:
         chosen = {"auto": sets[0], "ema": "generator_ema", "generator": "generator"}[which]
         if chosen not in sets:
-            raise CheckpointError(f"{file} has no {chosen!r} weights (it holds {sets}); choose which= one of those")
+            raise CheckpointError(
+                f"{file} has no {chosen!r} weights (it holds {sets}); choose one with --which (which=)"
+            )
         state = obj[chosen]
     elif which != "auto":
         raise CheckpointError(
