@@ -442,6 +442,20 @@ def test_any_other_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, 
     assert "Traceback (most recent call last)" in err and "something deep inside" in err
     assert main(["info", "--debug"]) == 1 and "Traceback" in capsys.readouterr().err
 
+    def huge(args):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 8192000032768 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(info, "run", huge)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("videomla info: error: out of memory: an allocation of 7,629.4 GiB failed")
+        and err.count("\n") == 1
+    )
+
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/out.json")
 

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 import traceback
@@ -93,8 +94,13 @@ def _describe(err: BaseException, args: argparse.Namespace | None) -> str:
             return _first_line(err)
         return os_error_message(err) + _inputs(args)
     name = type(err).__name__
+    text = str(err)
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    if asked or "can't allocate memory" in text:  # torch's CPU allocator: a RuntimeError
+        size = f"{int(asked[1]) / 2**30:,.1f} GiB" if asked else "more than is free"
+        return f"out of memory: an allocation of {size} failed; try a smaller window or size{_inputs(args)}"
     if isinstance(err, MemoryError) or name == "OutOfMemoryError":
-        return f"out of memory: {_first_line(err)}; try smaller sizes{_inputs(args)}"
+        return f"out of memory: {_first_line(err)}; try a smaller window or size{_inputs(args)}"
     return f"{name}: {_first_line(err)}{_inputs(args)}"
 
 
