@@ -69,6 +69,10 @@ class LayerCache:
         """Stream ``index`` of the batch as a one-stream cache sharing these buffers (writes land here)."""
         return self._with_buffers({k: b[index : index + 1] for k, b in self.buffers.items()})
 
+    def rows(self, n: int) -> LayerCache:
+        """The first ``n`` streams of the batch as an ``n``-stream cache sharing these buffers."""
+        return self._with_buffers({k: b[:n] for k, b in self.buffers.items()})
+
     def clone(self) -> LayerCache:
         """An independent copy (new buffers with the same contents)."""
         return self._with_buffers({k: b.clone() for k, b in self.buffers.items()})
@@ -98,8 +102,9 @@ class StreamingCache:
         device: torch.device | str = "cpu",
     ):
         self.window = FrameWindow(stream)
-        self.tokens_per_frame = tokens_per_frame
+        self.tokens_per_frame = tokens_per_frame  # on this process (a TokenShard's slice)
         self.batch = batch
+        self.shard = None  # a videomla.parallel.TokenShard when the tokens are split over processes
         device = torch.device(device)
         self.layers = [LayerCache(s, batch, self.window.slots, tokens_per_frame, device) for s in specs]
 
@@ -128,6 +133,20 @@ class StreamingCache:
         other = copy.copy(self)
         other.window = copy.deepcopy(self.window)
         other.layers = [layer.clone() for layer in self.layers]
+        return other
+
+    def rows(self, n: int) -> StreamingCache:
+        """The first ``n`` streams as an ``n``-stream cache sharing these buffers, with its own window.
+
+        A server keeps one batch-sized cache as scratch and runs cohorts of any size up to it
+        in views of it (no allocation per chunk; see :mod:`videomla.engine.cohort`).
+        """
+        if not 1 <= n <= self.batch:
+            raise ValueError(f"rows({n}) of a cache of {self.batch} streams")
+        other = copy.copy(self)
+        other.window = copy.deepcopy(self.window)
+        other.batch = n
+        other.layers = [layer.rows(n) for layer in self.layers]
         return other
 
     def commit(self, n_current: int) -> None:

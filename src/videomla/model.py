@@ -25,6 +25,7 @@ from .attention import AttentionContext, DenseSelfAttention, MLASelfAttention
 from .attention.common import RMSNorm, attend, fusable
 from .cache import CacheSpec, StreamingCache
 from .config import ModelConfig, StreamConfig
+from .parallel import TokenShard
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -155,10 +156,14 @@ class CausalWanModel(nn.Module):
         tokens = self.patch_embedding(x)  # [B, C, F', H', W']
         fp, hp, wp = tokens.shape[2:]
         tokens = tokens.flatten(3).transpose(1, 2).transpose(2, 3)  # [B, F', T, C]
+        if ctx.shard is not None:  # sequence parallel: this process's tokens of every frame
+            tokens = tokens[:, :, ctx.shard.local_slice(hp * wp)]
         temb, e = self._embed_time(timestep, b, fp)
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, e, text, ctx, None if cache is None else cache.layers[i])
         out = self.head(tokens, temb)  # [B, F', T, c * prod(patch)]
+        if ctx.shard is not None:
+            out = ctx.shard.gather(out, dim=2)
         return self.unpatchify(out, (fp, hp, wp))
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -232,13 +237,18 @@ class CausalWanModel(nn.Module):
         latent_width: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        shard: TokenShard | None = None,
     ) -> StreamingCache:
-        """A preallocated cache for ``batch`` streams of latents of the given spatial size."""
+        """A preallocated cache for ``batch`` streams of latents of the given spatial size
+        (``shard``: only this process's token slice, :mod:`videomla.parallel`)."""
         param = next(self.parameters())
         specs = self.cache_specs(dtype or param.dtype)
-        return StreamingCache(
-            stream, specs, batch, self.tokens_per_frame(latent_height, latent_width), device or param.device
-        )
+        tokens = self.tokens_per_frame(latent_height, latent_width)
+        if shard is not None:
+            tokens = shard.local_tokens(tokens)
+        cache = StreamingCache(stream, specs, batch, tokens, device or param.device)
+        cache.shard = shard
+        return cache
 
     def cache_specs(self, dtype: torch.dtype) -> list[CacheSpec]:
         """What each layer caches per token (its attention kind decides)."""

@@ -13,6 +13,7 @@ import torch
 
 from ..cache import StreamingCache
 from ..config import StreamConfig
+from ..parallel import TokenShard
 from ..rope import Rotary3D
 from ..window import clip_layout, teacher_forcing_layout
 from .common import fast_enabled
@@ -30,6 +31,7 @@ class AttentionContext:
     stage_slot: int | None = None  # stream mode: first cache slot of the current chunk
     active_tokens: int | None = None  # stream mode: keys = cache prefix of this many tokens
     keys_prerotated: bool = False  # stream mode: cached keys may be stored already rotated
+    shard: TokenShard | None = None  # stream mode: this process's slice of every frame's tokens
     _tables: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -81,10 +83,15 @@ class AttentionContext:
     def for_stream(
         cls, cache: StreamingCache, n_frames: int, height: int, width: int, device: torch.device, **kw
     ) -> AttentionContext:
-        """One chunk of ``n_frames`` attending to itself and the cache's active window."""
-        if height * width != cache.tokens_per_frame:
+        """One chunk of ``n_frames`` attending to itself and the cache's active window.
+
+        A cache with a :class:`~videomla.parallel.TokenShard` holds this process's token slice only.
+        """
+        shard = cache.shard
+        local = height * width if shard is None else shard.local_tokens(height * width)
+        if local != cache.tokens_per_frame:
             raise ValueError(
-                f"chunk has {height}x{width} = {height * width} tokens per frame; "
+                f"chunk has {height}x{width} = {height * width} tokens per frame ({local} on this process); "
                 f"the cache was built for {cache.tokens_per_frame}"
             )
         q_pos, k_pos = cache.window.positions(n_frames)
@@ -96,6 +103,7 @@ class AttentionContext:
             stage_slot=cache.window.stage_slot(),
             active_tokens=cache.active_tokens(n_frames),
             keys_prerotated=cache.stream.rope_mode == "absolute",
+            shard=shard,
             **kw,
         )
 
@@ -109,8 +117,17 @@ class AttentionContext:
         if key not in self._tables:
             q = rotary.cos_sin(self.query_frame_positions, self.height, self.width, dtype)
             k = rotary.cos_sin(self.key_frame_positions, self.height, self.width, dtype)
+            if self.shard is not None:  # own queries; keys in the order gather_cached lays them out
+                t, dev = self.tokens_per_frame, self.query_frame_positions.device
+                qi = self.shard.query_rows(self.query_frame_positions.numel(), t, dev)
+                ki = self.shard.key_rows(self.key_frame_positions.numel(), t, dev)
+                q, k = tuple(x[qi] for x in q), tuple(x[ki] for x in k)
             self._tables[key] = (*q, *k)
         return self._tables[key]
+
+    def gather_cached(self, t: torch.Tensor) -> torch.Tensor:
+        """Stream mode: the active keys of every process (identity without a shard)."""
+        return t if self.shard is None else self.shard.gather(t)
 
     def gather_keys(self, t: torch.Tensor) -> torch.Tensor:
         """Clip mode: key-side tokens [B, Fk*T, ...] from per-frame tokens [B, F*T, ...]."""

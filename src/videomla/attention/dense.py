@@ -56,11 +56,11 @@ class DenseSelfAttention(nn.Module):
             if ctx.keys_prerotated:  # absolute positions never change: store keys rotated
                 cache.stage(ctx.stage_slot, {"k": rope(k, q_cos, q_sin), "v": v})
                 kv = cache.view(ctx.active_tokens)
-                k, v = kv["k"], kv["v"]
+                k, v = ctx.gather_cached(kv["k"]), ctx.gather_cached(kv["v"])
             else:  # window-relative: positions move every chunk, rotate on read
                 cache.stage(ctx.stage_slot, {"k": k, "v": v})
                 kv = cache.view(ctx.active_tokens)
-                k, v = rope(kv["k"], k_cos, k_sin), kv["v"]
+                k, v = rope(ctx.gather_cached(kv["k"]), k_cos, k_sin), ctx.gather_cached(kv["v"])
         else:
             k = rope(ctx.gather_keys(k), k_cos, k_sin)
             v = ctx.gather_keys(v)

@@ -230,6 +230,7 @@ class MLASelfAttention(nn.Module):
             if cache is None:
                 raise ValueError("a streaming forward needs the layer's cache")
             c, kr = self._stage_and_read(c, kr, ctx, cache)
+            c, kr = ctx.gather_cached(c), ctx.gather_cached(kr)  # every process's tokens (224 numbers each)
         else:
             c, kr = ctx.gather_keys(c), ctx.gather_keys(kr)
         kr = rope(kr, k_cos, k_sin)  # k_R is always kept unrotated: rotate in the window frame

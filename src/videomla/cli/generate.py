@@ -112,6 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fused kernels and CUDA-graph replay (default: on for CUDA)",
     )
     r.add_argument("--decode-overlap", action=argparse.BooleanOptionalAction, default=True, help="CUDA only")
+    r.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="under torchrun: split one stream's tokens over the processes (NCCL on GPUs, gloo on CPU)",
+    )
     r.add_argument("--threads", type=int, help="CPU threads (default: 1 for small models, else one per core)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -161,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
     def build(prompts, out, seed) -> GenerationRequest:
         return GenerationRequest.build(spec, prompts, args.seconds, out=out, seed=seed, **options_of_request)
 
+    shard = None
+    if args.sequence_parallel:
+        if mode == "batch":
+            raise ValueError("--sequence-parallel splits one stream; a --prompt-file batch is shared out by torchrun")
+        shard = _init_sequence_parallel(args)
     if mode == "single":
         jobs = [(build([parse_prompt(arg) for arg in args.prompt], args.out, args.seed), args.summary)]
     else:
@@ -180,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         decode_overlap=args.decode_overlap,
         threads=args.threads,
+        shard=shard,
     )
+    leader = shard is None or shard.rank == 0  # with sequence parallelism rank 0 writes and reports
     for request, summary_path in jobs:
         chunks = pipe.run(request, progress=not args.quiet)
         interrupted = False
@@ -194,15 +206,35 @@ def run(args: argparse.Namespace) -> int:
         summary = pipe.summary
         summary.interrupted = interrupted
         summary.run["checkpoint"] = args.checkpoint or "the embedded default model"
-        if summary_path:
+        summary.run["sequence_parallel"] = None if shard is None else shard.world
+        if summary_path and leader:
             atomic_write_text(summary_path, json.dumps(summary.to_dict(), indent=2) + "\n")
-        if not args.quiet:
+        if not args.quiet and leader:
             state = "interrupted; wrote what was generated to" if interrupted else "wrote"
             print(f"{state} {request.out} ({request.format})", file=sys.stderr if interrupted else sys.stdout)
             print(summary.text())
         if interrupted:
             return 130
     return 0
+
+
+def _init_sequence_parallel(args: argparse.Namespace):
+    """Join torchrun's process group (one stream split over its processes); the shard of this process."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from ..parallel import TokenShard
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ValueError("--sequence-parallel runs under torchrun (RANK / WORLD_SIZE are not set)")
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and args.device != "cpu"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return TokenShard.from_process_group()
 
 
 def _local_device(device: str | None) -> str | None:

@@ -9,7 +9,8 @@ of the cached frames, so chunk 100 costs the memory of chunk 10.
 The cache has one owner: the engine creates it (:meth:`StreamEngine.reset` starts a new video in
 the same buffers), advances it (:meth:`step`), rebuilds it under a new prompt (:meth:`recache`)
 and copies it (:meth:`fork`). ``batch`` streams advance together, each with its own cache slot,
-text row and noise generator, which is what a server batching many streams needs.
+text row and noise generator, which is what a server batching many streams needs. With a
+``shard`` (:mod:`videomla.parallel`) the stream's tokens are split over processes.
 
 Fast paths (:class:`EngineOptions`): fused kernels (``torch.compile``'d norms, RoPE and adaLN,
 fp32 RoPE tables, cuDNN-first SDPA) and CUDA-graph replay of every chunk forward. Both are off
@@ -18,6 +19,7 @@ on CPU by default and tested against the eager reference path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from ..attention.common import fast_kernels
 from ..cache import KVFootprint, StreamingCache
 from ..config import StreamConfig
 from ..model import CausalWanModel
+from ..parallel import TokenShard
 from ..schedule import SamplingSchedule, add_noise, sigma_of, to_x0
 from .graphs import ChunkGraphs
 from .recache import LatentHistory, recache
@@ -86,6 +89,7 @@ class StreamEngine:
         cache_dtype: torch.dtype | None = None,
         options: EngineOptions | None = None,
         keep_history: bool = False,
+        shard: TokenShard | None = None,
     ):
         if stream.cached_frames == 0:
             raise ValueError(
@@ -98,9 +102,12 @@ class StreamEngine:
         self.schedule = schedule or SamplingSchedule()
         self.timesteps = self.schedule.timesteps()
         self.options = (options or EngineOptions()).resolve(self.device)
+        if shard is not None and self.options.cuda_graphs:  # collectives inside graphs: not yet measured
+            self.options = dataclasses.replace(self.options, cuda_graphs=False)
+        self.shard = shard
         self.cache_dtype = cache_dtype or self.dtype
         self.cache: StreamingCache = model.new_cache(
-            stream, batch, geometry.height, geometry.width, self.cache_dtype, self.device
+            stream, batch, geometry.height, geometry.width, self.cache_dtype, self.device, shard
         )
         self.graphs = ChunkGraphs(model) if self.options.cuda_graphs else None
         self.keep_history = keep_history

@@ -30,6 +30,7 @@ from ..codecs import PixelCodec, VideoCodec, WanVAECodec
 from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, StreamEngine
 from ..engine.threads import set_cpu_threads
 from ..model import CausalWanModel
+from ..parallel import TokenShard
 from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
 from ..video_io import open_writer
 from .prompts import Prompts
@@ -169,6 +170,7 @@ class Pipeline:
         decode_overlap: bool = True,
         cache_dtype: torch.dtype | None = None,
         offload_text_encoder: bool = False,
+        shard: TokenShard | None = None,
     ):
         cfg = model.config
         if codec.latent_channels != cfg.in_channels or cfg.out_channels != cfg.in_channels:
@@ -192,6 +194,7 @@ class Pipeline:
         self.decode_overlap = decode_overlap
         self.cache_dtype = cache_dtype
         self.offload_text_encoder = offload_text_encoder
+        self.shard = shard  # sequence parallel: this process's token slice; rank 0 decodes and writes
         self.geometry = LatentGeometry(codec.latent_channels, v.height // s, v.width // s)
         self.engine: StreamEngine | None = None  # the running (or last) stream's engine
         self.summary = RunSummary()
@@ -213,6 +216,7 @@ class Pipeline:
         decode_overlap: bool = True,
         threads: int | None = None,
         offload_text_encoder: bool = False,
+        shard: TokenShard | None = None,
     ) -> Pipeline:
         """Load a checkpoint (None: the embedded default) with the codec and text encoder its metadata names.
 
@@ -242,7 +246,7 @@ class Pipeline:
             encoder.encoder.to("cpu")
         return cls(
             model, spec, codec, encoder, options=options, decode_overlap=decode_overlap,
-            offload_text_encoder=offload_text_encoder,
+            offload_text_encoder=offload_text_encoder, shard=shard,
         )  # fmt: skip
 
     from_pretrained = from_checkpoint  # the diffusers name; local folders only
@@ -330,6 +334,7 @@ class Pipeline:
                 schedule=request.schedule,
                 cache_dtype=self.cache_dtype,
                 options=self.options,
+                shard=self.shard,
             )
         e.reset()
         e.keep_history = request.recache  # the clean latents of the cached frames, for rebuilding
@@ -400,6 +405,9 @@ class Pipeline:
             },
         )
         generator = generator or torch.Generator(self.device).manual_seed(request.seed)
+        follower = self.shard is not None and self.shard.rank != 0  # rank 0 decodes and writes
+        if follower:
+            request = dataclasses.replace(request, out=None, output="latent")
         decode = request.output != "latent" or request.out is not None
         queue = ChunkDecodeQueue(self.codec.stream_decoder(), self.device, self.decode_overlap) if decode else None
         pipelined = queue is not None and queue.side is not None  # decode k while k+1 denoises
