@@ -74,3 +74,16 @@ class TokenShard:
         parts = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(parts, t.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
+
+
+def init_from_torchrun(use_cuda: bool) -> TokenShard:
+    """Join torchrun's process group (NCCL with one GPU per process, else gloo); this process's shard."""
+    import os
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ValueError("--sequence-parallel runs under torchrun (RANK / WORLD_SIZE are not set)")
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return TokenShard.from_process_group()

@@ -27,6 +27,7 @@ from ..codecs import WanVAECodec
 from ..config import ModelConfig, preset
 from ..engine import EngineOptions, LatentGeometry, StreamEngine
 from ..model import CausalWanModel
+from ..parallel import TokenShard
 from ..pipeline import ChunkTiming, CodecSpec, GenerationSpec, Pipeline, TextSpec, VideoSpec
 from ..text import HashTextEncoder
 from .flops import ForwardShape, forward_flops
@@ -125,8 +126,9 @@ class LatentsOnly:
 class Bench:
     """One benchmark run: holds the device, the measured matmul ceiling, the VAE and the clock."""
 
-    def __init__(self, setup: BenchSetup, progress: bool = True):
+    def __init__(self, setup: BenchSetup, progress: bool = True, shard: TokenShard | None = None):
         self.setup = setup
+        self.shard = shard  # sequence parallel: every variant's stream split over the processes
         self.device = setup.torch_device
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
@@ -179,7 +181,7 @@ class Bench:
         )
         codec = self.codec or LatentsOnly(model.config.in_channels)
         text = HashTextEncoder(model.config.text_dim, s.text_tokens)
-        return Pipeline(model, spec, codec, text, options=self.options(variant))
+        return Pipeline(model, spec, codec, text, options=self.options(variant), shard=self.shard)
 
     def configure(self, model: CausalWanModel, variant: Variant) -> None:
         if variant.attention == "mla":
@@ -407,7 +409,7 @@ class Bench:
         text = self.text(model, batch)
         engine = StreamEngine(
             model, variant.stream, self.geometry(model), batch=batch, cache_dtype=self.setup.dtype,
-            options=self.options(variant),
+            options=self.options(variant), shard=self.shard,
         )  # fmt: skip
         advance_cache(engine.cache, self.fill_frame(variant))
         self.timed_steps(engine, text, 1)  # compiles / captures for this batch size
@@ -445,7 +447,7 @@ class Bench:
 
     def concurrency(self, model: CausalWanModel, variant: Variant) -> dict | None:
         """Most streams that fit: a line through measured peaks at 1 and ``probe`` streams, then verified."""
-        if not self.memory.cuda:
+        if not self.memory.cuda or self.shard is not None:  # per-process memory: not a stream count
             return None
         self.configure(model, variant)
         probe = self.setup.concurrency_probe
@@ -503,12 +505,14 @@ def run_bench(
     progress: bool = True,
     log: Callable = print,
     on_result: Callable[[dict], None] | None = None,
+    shard: TokenShard | None = None,
 ) -> dict:
     """Every variant, grouped by model (dense, then MLA) so only one transformer is resident.
 
-    ``on_result`` sees each variant's result as soon as it exists (partial saves of long runs).
+    ``on_result`` sees each variant's result as soon as it exists (partial saves of long runs);
+    ``shard``: run every stream split over the torchrun processes (:mod:`videomla.parallel`).
     """
-    bench = Bench(setup, progress)
+    bench = Bench(setup, progress, shard)
     results: dict[str, dict] = {}
     concurrency: dict[str, dict | None] = {}
     for attention in ("dense", "mla"):
@@ -531,4 +535,9 @@ def run_bench(
         results[name]["concurrency"] = value
     for result in results.values():
         result.setdefault("concurrency", None)
-    return {"peak_matmul": bench.peak, "vae_layout": bench.vae_layouts, "variants": [results[v.name] for v in variants]}
+    return {
+        "sequence_parallel": 1 if shard is None else shard.world,
+        "peak_matmul": bench.peak,
+        "vae_layout": bench.vae_layouts,
+        "variants": [results[v.name] for v in variants],
+    }

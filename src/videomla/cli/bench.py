@@ -83,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="inductor",
         help="torch.compile backend of the fused helpers (default inductor; 'eager' only traces, for quick checks)",
     )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="under torchrun: every stream's tokens split over the processes (rank 0 writes the report)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the full results here")
     p.add_argument("--markdown", metavar="PATH", help="write the results table here")
@@ -138,8 +143,19 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             write_atomic(f"{args.json}.partial", to_json({"schema": SCHEMA, "meta": meta, "variants": done}))
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    results = run_bench(setup, variants, progress=not args.quiet, log=log, on_result=save_partial)
+    shard = None
+    if args.sequence_parallel:
+        from ..parallel import init_from_torchrun
+
+        shard = init_from_torchrun(setup.torch_device.type == "cuda")
+        meta["processes"] = shard.world
+    leader = shard is None or shard.rank == 0
+    if not leader:
+        args.json = args.markdown = None
+    log = lambda m: print(m, file=sys.stderr, flush=True) if leader else None  # noqa: E731
+    results = run_bench(
+        setup, variants, progress=not args.quiet and leader, log=log, on_result=save_partial, shard=shard
+    )
     report = {
         "schema": SCHEMA,
         "meta": meta,
@@ -155,5 +171,6 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(args.markdown, table)
     if args.json:
         Path(f"{args.json}.partial").unlink(missing_ok=True)
-    print(table)
+    if leader:
+        print(table)
     return 0

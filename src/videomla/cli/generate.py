@@ -219,22 +219,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _init_sequence_parallel(args: argparse.Namespace):
-    """Join torchrun's process group (one stream split over its processes); the shard of this process."""
-    import os
-
     import torch
-    import torch.distributed as dist
 
-    from ..parallel import TokenShard
+    from ..parallel import init_from_torchrun
 
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise ValueError("--sequence-parallel runs under torchrun (RANK / WORLD_SIZE are not set)")
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and args.device != "cpu"
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return TokenShard.from_process_group()
+    return init_from_torchrun(torch.cuda.is_available() and args.device != "cpu")
 
 
 def _local_device(device: str | None) -> str | None:
