@@ -243,7 +243,8 @@ def markdown(report: dict) -> str:
             f"{'' if v['fast_kernels'] else ' (eager)'} | {v['kv_bytes_per_token']:,} | {_f(s['steady_chunk_ms'])} "
             f"| {_f(s['fps_transformer'])} | {_f(s['clip_fps_transformer'])} | {_f(s['ttfc_ms'])} "
             f"| {_f(s['vae_chunk_ms'])} | {_f(s['fps_with_vae'])} | {v['flops']['per_chunk'] / 1e12:.3g} "
-            f"| {_f(None if frac is None else 100 * frac)} | {_floor(s)} | {_f(v['fast_vs_reference_rel_err'], '.1e')} |"
+            f"| {_f(None if frac is None else 100 * frac)} | {_floor(s)} "
+            f"| {_f(v['fast_vs_reference_rel_err'], '.1e')} |"
         )
     for v in report["variants"]:
         if v.get("graph_error"):
