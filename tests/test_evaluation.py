@@ -1,5 +1,6 @@
-"""The ground-truth evaluator: components vs a flood fill, real clips near 1, each planted defect
-lowering its own metric (and not much else), the CLI."""
+"""The ground-truth evaluator: components vs a flood fill, detection vs the renderer's own truth,
+real clips near 1, each planted defect lowering its own metrics (and not the others), the CLI.
+Degenerate clips: tests/test_evaluation_degenerate.py."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from videomla.data.world import (
     draw,
     render,
     sample_clip_params,
+    shape_coverage,
     trajectories,
 )
 from videomla.evaluation import METRICS, detect, evaluate, label_components, window_bounds
+from videomla.evaluation.degenerate import gaussian_blur
+from videomla.evaluation.detection import MIN_AREA
+from videomla.evaluation.scoring import geometric_mean, hidden_objects
 
-# Real clips: the lowest Overall measured over 300 random 5 s clips was 0.97 (docs/evaluate.md).
-REAL_OVERALL = 0.95
+# Real clips: the lowest Overall measured over 300 random 5 s clips was 0.987 (docs/evaluate.md).
+REAL_OVERALL = 0.98
 
 
 def flood_fill(mask: np.ndarray) -> np.ndarray:
@@ -75,38 +80,77 @@ def clip_with(seed: int, min_objects: int = 1) -> ClipParams:
 def test_real_clips_score_near_the_top(seed):
     for i in range(3):
         p = clip_with(seed + i)
-        result = evaluate(render(p, 80), caption(p))
+        result = evaluate(render(p, 40), caption(p))
         assert result.overall["overall"] >= REAL_OVERALL, (caption(p), result.table())
-        assert min(result.overall[m] for m in METRICS) >= 0.8, (caption(p), result.table())
+        assert min(result.overall[m] for m in METRICS) >= 0.9, (caption(p), result.table())
+        assert result.overall["pass_rate"] == 1
+
+
+def visible_weights(p: ClipParams, num_frames: int) -> torch.Tensor:
+    """[N, T, H, W] how much of each pixel each object contributes to the rendered frame: its own
+    coverage times what the objects drawn over it leave uncovered (the renderer's painter's order:
+    larger objects first, equal sizes in caption order)."""
+    centres = trajectories([p], num_frames)[0]
+    grid = torch.arange(p.spec.size) + 0.5
+    cover = []
+    for i, o in enumerate(p.objects):
+        dx = grid.view(1, 1, -1) - centres[:, i, 0].view(-1, 1, 1)
+        dy = grid.view(1, -1, 1) - centres[:, i, 1].view(-1, 1, 1)
+        r = torch.tensor(p.spec.radius_of(o.size))
+        cover.append(shape_coverage(torch.tensor(SHAPES.index(o.shape)), r, dx, dy))
+    order = sorted(range(len(p.objects)), key=lambda i: -p.spec.radius_of(p.objects[i].size))
+    visible = torch.stack(cover).clone()
+    for k, i in enumerate(order):
+        for j in order[k + 1 :]:
+            visible[i] = visible[i] * (1 - cover[j])
+    return visible
 
 
 def test_detection_recovers_positions_shapes_and_sizes(seed):
+    """Where an object can be seen it is found; where it is fully visible, it is whole, with the
+    right centroid, shape and size. Objects pass behind others of the same size (or larger): where
+    fewer than 2 x MIN_AREA of an object's pixels are visible, the frame cannot tell it is there,
+    and the evaluator must carry it as hidden instead (the test's premise before this fix was that
+    every object is present in every frame, false for ~5% of random clips)."""
     p = clip_with(seed)
     video = render(p, 60)
     det = detect((video.permute(1, 2, 3, 0) + 1) / 2, p.spec)
     truth = trajectories([p], 60)[0]
+    own = visible_weights(p, 60)  # [N, T, H, W]
     colours = list(PALETTE)
+    hidden = hidden_objects(det, p.spec.fps, p.spec)
     for i, o in enumerate(p.objects):
         c = colours.index(o.colour)
-        assert det.present[:, c].all()
+        seen = (own[i] >= 0.95).sum((1, 2))  # pixels certainly its core
+        assert det.present[seen >= 2 * MIN_AREA, c].all()
+        after_first = torch.arange(60) >= int(det.present[:, c].float().argmax())
+        assert (det.present[:, c] | hidden[:, c])[after_first].all()  # never lost once seen
+        # alone: no other object within 2 px of it (so not even in its connected component)
+        others = F.max_pool2d((own.sum(0) - own[i])[:, None], 5, 1, 2)[:, 0]
+        alone = ((others > 0.01) & (own[i] > 0.01)).sum((1, 2)) == 0
         whole = det.whole[:, c]
+        assert whole[alone].all()
         err = (det.centroid[whole, c] - truth[whole, i]).norm(dim=-1)
-        assert err.median() < 0.1  # sub-pixel centroids, not half-pixel mask jumps
+        assert not whole.any() or err.median() < 0.1  # sub-pixel centroids, not half-pixel mask jumps
         assert (det.shape[whole, c] == SHAPES.index(o.shape)).float().mean() >= 0.95
         assert (det.size[whole, c] == SIZES.index(o.size)).float().mean() >= 0.95
     absent = [colours.index(c) for c in PALETTE if c not in {o.colour for o in p.objects}]
     assert not det.present[:, absent].any()
+    assert det.blobs.sum() == 0 and not det.specks.any()
 
 
 def test_minute_rollout_has_twelve_windows_and_stays_real(seed):
     p = clip_with(seed)
     result = evaluate(render(p, 480), caption(p))
+    assert result.overall["overall"] >= REAL_OVERALL, result.table()
     assert len(result.windows) == 12 and result.windows[-1]["end_s"] == 60
     assert result.overall["overall"] >= REAL_OVERALL
     assert abs(result.drift["overall"]) <= 0.05
     assert result.drift["overall"] == pytest.approx(result.windows[0]["overall"] - result.windows[-1]["overall"])
     for win in result.windows:
-        assert win["overall"] == pytest.approx(sum(win[m] for m in METRICS) / 6)
+        assert win["overall"] == pytest.approx(geometric_mean([win[m] for m in METRICS]))
+        assert win["mean"] == pytest.approx(sum(win[m] for m in METRICS) / 6)
+    assert result.overall["mean"] >= result.overall["overall"]  # the geometric mean is never above it
 
 
 def hue_rotate(video: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -120,16 +164,6 @@ def hue_rotate(video: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     )
     x = torch.einsum("tij,jthw->ithw", rot, (video + 1) / 2)
     return x.clamp(0, 1) * 2 - 1
-
-
-def gaussian_blur(video: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = math.ceil(3 * sigma)
-    g = torch.exp(-(torch.arange(-r, r + 1.0) ** 2) / (2 * sigma**2))
-    g = (g / g.sum()).repeat(3, 1)
-    x = video.permute(1, 0, 2, 3)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(3, 1, 1, -1), groups=3)
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(3, 1, -1, 1), groups=3)
-    return x.permute(1, 0, 2, 3)
 
 
 def defect(name: str, p: ClipParams, video: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, str]:
@@ -158,15 +192,15 @@ def defect(name: str, p: ClipParams, video: torch.Tensor, g: torch.Generator) ->
     raise KeyError(name)
 
 
-# defect -> (metrics it must lower by at least the margin, margin, metrics that may drop as a consequence)
+# defect -> (metrics it must lower by at least the margin, margin, metrics it must leave alone)
 DEFECTS = {
-    "frozen": (("dynamic",), 0.5, ()),
-    "colour drift": (("persistence", "adherence"), 0.3, ("shape", "smoothness")),
-    "blur": (("imaging",), 0.4, ("persistence", "adherence")),  # blurred small objects can fall below the mask
-    "noise": (("imaging",), 0.5, ()),
-    "jitter": (("smoothness",), 0.5, ()),
-    "vanishing": (("persistence", "adherence"), 0.2, ()),
-    "wrong prompt": (("adherence",), 0.9, ()),
+    "frozen": (("dynamic", "smoothness"), 0.5, ("adherence", "persistence", "shape", "imaging")),
+    "colour drift": (("persistence", "adherence"), 0.3, ()),  # colours lost: their motion and shape go too
+    "blur": (("imaging",), 0.4, ("adherence", "shape", "dynamic")),  # blurred small objects can fall below the mask
+    "noise": (("imaging",), 0.5, ("adherence", "persistence", "shape", "dynamic")),
+    "jitter": (("smoothness",), 0.5, ("adherence", "persistence", "shape", "imaging")),
+    "vanishing": (("persistence", "adherence", "shape", "smoothness", "dynamic"), 0.15, ("imaging",)),
+    "wrong prompt": (METRICS, 0.9, ()),  # none of the requested objects: every metric fails
 }
 
 
@@ -176,17 +210,14 @@ def test_defect_lowers_the_right_metric(name, seed):
     video = render(p, 160)  # 20 s: four windows
     real = evaluate(video, caption(p))
     bad = evaluate(*defect(name, p, video, torch.Generator().manual_seed(seed)))
-    targets, margin, consequences = DEFECTS[name]
+    targets, margin, untouched = DEFECTS[name]
     report = f"{caption(p)}\nreal:\n{real.table()}\n{name}:\n{bad.table()}"
     for m in targets:
         assert real.overall[m] - bad.overall[m] >= margin, report
-    drop = {m: real.overall[m] - bad.overall[m] for m in METRICS}
-    for m in METRICS:
-        if m in consequences:  # colour changes and blur cut masks for a while: allowed, but less than the target
-            assert drop[m] < min(drop[t] for t in targets), report
-        elif m not in targets:
-            assert drop[m] <= 0.05, report
-    assert bad.overall["overall"] < real.overall["overall"] - 0.05, report
+    for m in untouched:
+        assert real.overall[m] - bad.overall[m] <= 0.05, report
+    assert bad.overall["overall"] < real.overall["overall"] - 0.15, report
+    assert bad.overall["mean"] < real.overall["mean"] - 0.05, report
 
 
 def test_drift_shows_along_the_rollout(seed):
@@ -203,9 +234,9 @@ def test_drift_shows_along_the_rollout(seed):
 def test_empty_and_noise_videos_score_low():
     prompt = "a small red circle bouncing"
     empty = evaluate(torch.full((3, 24, 64, 64), -0.9), prompt)
-    assert all(empty.overall[m] == 0 for m in METRICS)
+    assert all(empty.overall[m] == 0 for m in (*METRICS, "overall", "mean", "pass_rate"))
     noise = evaluate(torch.rand(3, 24, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1, prompt)
-    assert noise.overall["overall"] < 0.5 and noise.overall["imaging"] < 0.05
+    assert noise.overall["overall"] == 0 and noise.overall["mean"] < 0.1, noise.table()
 
 
 def test_window_bounds():
