@@ -72,6 +72,15 @@ def function_of(nodeid: str) -> str:
     return nodeid.split("[", 1)[0]
 
 
+def without_seed(nodeid: str) -> str:
+    """'t.py::f[seed12-5.0-square]' -> 't.py::f[5.0-square]'; 't.py::f[seed12]' -> 't.py::f'."""
+    m = re.fullmatch(r"(.*?)\[(.*)\]", nodeid)
+    if m is None:
+        return nodeid
+    inner = "-".join(part for part in m[2].split("-") if not re.fullmatch(r"seed\d+", part))
+    return f"{m[1]}[{inner}]" if inner else m[1]
+
+
 def run_pytest(args: list[str], plan: dict[str, list[int]] | None, log: Path, threads: int) -> int:
     env = {**os.environ, _LOG_ENV: str(log), "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), *_pythonpath()])}
     env.setdefault("OMP_NUM_THREADS", str(threads))
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f:<{width}}  {runs[f]:>5}  {len(bad):>6}  {shown}")
     for f in sorted(failed):
         seed, nodeid, error = failed[f][0]
-        clean = re.sub(r"\[?-?seed\d+\]?", "", nodeid).replace("[-", "[").replace("[]", "")
+        clean = without_seed(nodeid)
         print(f"\n{f}: {len(failed[f])}/{runs[f]} runs failed, e.g. {error}")
         print(f"  reproduce: VIDEOMLA_TEST_SEED={seed} pytest '{clean}'")
     if args.json:
