@@ -1,12 +1,13 @@
 # One device call: training throughput before/after (scripts/train_throughput.py), then the dense
 # world teacher (configs/world-teacher.yaml) for as many steps as the rest of the call holds.
 #   bash scripts/gpu_teacher.sh        (through the device tool; needs .carry/src and .baseline/src)
-# .carry/src: `git archive HEAD src` (the committed code, not other work in progress);
+# .carry/src: `git archive HEAD src` (the committed code, not other work in progress), and
+# .carry/COMMIT its hash (`git rev-parse --short HEAD > .carry/COMMIT`);
 # .baseline/src: the trainer before this work (`git archive 52dd9a9 src`), timed as "before".
 # The step count is fixed before training starts (STEPS=N, or from the measured s/step of the
 # fastest b64 variant, so that the run and its LR schedule end inside the call); plan.txt records it.
 set -o pipefail
-export PYTHONPATH=.carry/src PYTHONUNBUFFERED=1
+export PYTHONPATH=.carry/src PYTHONUNBUFFERED=1 VIDEOMLA_COMMIT=$(cat .carry/COMMIT 2>/dev/null)
 START=$(date +%s)
 LIMIT=${LIMIT:-580}
 R=runs/world-teacher

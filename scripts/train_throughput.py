@@ -197,7 +197,7 @@ def markdown(result: dict) -> str:
         ratio = f"{r['clips_per_s'] / base:.1f}x" if base else "-"
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
         lines.append(
-            f"| {name} | {r['batch']} | {r['s_per_step']:.4f} | {r['clips_per_s']:.1f} | {ratio} | {peak} | "
+            f"| {name} | {r['batch']} | {r['s_per_step']:.4f} | {r['clips_per_s']:.3g} | {ratio} | {peak} | "
             f"{r['warmup_s']:.1f} |"
         )
     if "data" in result:
@@ -241,11 +241,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # VIDEOMLA_COMMIT first: a device copy's own git state need not be the code that runs (.carry/src)
+    commit = (
+        os.environ.get("VIDEOMLA_COMMIT")
+        or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    )
     result: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "commit": commit or os.environ.get("VIDEOMLA_COMMIT", "unknown"),
+        "commit": commit or "unknown",
         "command": "python scripts/train_throughput.py " + " ".join(sys.argv[1:]),
         "cpu_count": os.cpu_count(),
         "cases": {},
