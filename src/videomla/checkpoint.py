@@ -519,9 +519,7 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
     if not p.is_dir():
         return p
     if (p / "checkpoints").is_dir():
-        steps = sorted(
-            (int(m.group(1)), d) for d in (p / "checkpoints").iterdir() if (m := _TRAIN_STEP.match(d.name))
-        )
+        steps = sorted((int(m.group(1)), d) for d in (p / "checkpoints").iterdir() if (m := _TRAIN_STEP.match(d.name)))
         if not steps:
             raise FileNotFoundError(f"training run {p} has no checkpoint yet (nothing in {p / 'checkpoints'})")
         p = steps[-1][1]

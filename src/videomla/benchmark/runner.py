@@ -29,6 +29,7 @@ from ..engine import EngineOptions, LatentGeometry, StreamEngine
 from ..model import CausalWanModel
 from ..parallel import TokenShard
 from ..pipeline import ChunkTiming, CodecSpec, GenerationSpec, Pipeline, TextSpec, VideoSpec
+from ..quant import set_compute
 from ..text import HashTextEncoder
 from .flops import ForwardShape, forward_flops
 from .measure import Clock, Memory, advance_cache, matmul_peak, median, percentile
@@ -266,6 +267,7 @@ class Bench:
             },
             "mla_path": variant.resolved_path(model.config, n * tpf),
             "kv_fp8": variant.kv_fp8,
+            "compute": variant.compute,
             "fast_kernels": bool(options.compile),
             "cuda_graphs": bool(options.cuda_graphs),
             "decode_overlap": self.codec is not None and self.device.type == "cuda",
@@ -515,11 +517,12 @@ def run_bench(
     bench = Bench(setup, progress, shard)
     results: dict[str, dict] = {}
     concurrency: dict[str, dict | None] = {}
-    for attention in ("dense", "mla"):
-        group = [v for v in variants if v.attention == attention]
+    for attention, compute in (("dense", "bf16"), ("mla", "bf16"), ("dense", "fp8"), ("mla", "fp8")):
+        group = [v for v in variants if v.attention == attention and v.compute == compute]
         if not group:
             continue
         model = build_model(setup, attention)
+        set_compute(model, compute)
         for variant in tqdm(group, desc=f"{attention} variants", disable=not progress):
             log(f"bench: {variant.name} ({variant.description})")
             results[variant.name] = bench.run_variant(model, variant)

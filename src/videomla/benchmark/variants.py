@@ -32,6 +32,7 @@ class Variant:
     mla_path: str = "auto"
     kv_fp8: bool = False
     fast: bool = True  # fast_kernels(): fused helpers, fp32 RoPE tables, cuDNN-first SDPA
+    compute: str = "bf16"  # "fp8": the blocks' linears in e4m3 (videomla.quant)
 
     def resolved_path(self, cfg: ModelConfig, tokens_per_stream: int) -> str:
         """The MLA path the model will take for a chunk of ``tokens_per_stream`` queries."""
@@ -83,6 +84,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("mla-fp8", "VideoMLA auto, fp8 e4m3 latent cache", "mla", PAPER_WINDOW, kv_fp8=True),
         Variant("mla-eager", "VideoMLA auto with the reference kernels", "mla", PAPER_WINDOW, fast=False),
         Variant("mla-sf21", "VideoMLA auto at Self-Forcing's window (21 frames, no sink)", "mla", SELF_FORCING),
+        Variant("mla-fp8c", "VideoMLA auto with fp8 (e4m3) linear layers", "mla", PAPER_WINDOW, compute="fp8"),
+        Variant("dense-fp8c", "dense 1 sink + 6 with fp8 (e4m3) linear layers", "dense", PAPER_WINDOW, compute="fp8"),
     )
 }
 

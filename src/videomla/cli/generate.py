@@ -111,6 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="fused kernels and CUDA-graph replay (default: on for CUDA)",
     )
+    r.add_argument(
+        "--compute",
+        choices=("bf16", "fp8"),
+        default="bf16",
+        help="fp8: the blocks' linear layers in e4m3 with row-wise scales (Hopper fp8 tensor cores)",
+    )
     r.add_argument("--decode-overlap", action=argparse.BooleanOptionalAction, default=True, help="CUDA only")
     r.add_argument(
         "--sequence-parallel",
@@ -191,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         decode_overlap=args.decode_overlap,
         threads=args.threads,
         shard=shard,
+        compute=args.compute,
     )
     leader = shard is None or shard.rank == 0  # with sequence parallelism rank 0 writes and reports
     for request, summary_path in jobs:

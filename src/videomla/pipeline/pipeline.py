@@ -31,6 +31,7 @@ from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeomet
 from ..engine.threads import set_cpu_threads
 from ..model import CausalWanModel
 from ..parallel import TokenShard
+from ..quant import FP8Linear, set_compute
 from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
 from ..video_io import open_writer
 from .prompts import Prompts
@@ -217,6 +218,7 @@ class Pipeline:
         threads: int | None = None,
         offload_text_encoder: bool = False,
         shard: TokenShard | None = None,
+        compute: str = "bf16",
     ) -> Pipeline:
         """Load a checkpoint (None: the embedded default) with the codec and text encoder its metadata names.
 
@@ -225,6 +227,7 @@ class Pipeline:
         latents in fp8. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU. ``threads``: CPU
         threads (None: :func:`~videomla.engine.threads.choose_threads`'s rule). ``offload_text_encoder``
         keeps UMT5 on the CPU except while it encodes prompts (about 11 GB less accelerator memory).
+        ``compute="fp8"`` runs the blocks' linear layers in e4m3 (:mod:`videomla.quant`).
         """
         path, spec = resolve_spec(checkpoint, vae, text_encoder)
         device = resolve_device(device)
@@ -237,6 +240,7 @@ class Pipeline:
         if device.type == "cpu":
             set_cpu_threads(threads, model)
         check_attention(model, attention, mla_path)
+        set_compute(model, compute)  # "fp8": e4m3 linears in the blocks (videomla.quant)
         if kv_fp8:
             if not model.mla_layers():
                 raise ValueError("--kv-fp8 stores MLA latents in fp8, but this checkpoint has no MLA layers")
@@ -399,6 +403,7 @@ class Pipeline:
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "compile": self.options.compile,
+                "compute": "fp8" if any(isinstance(m, FP8Linear) for m in self.model.modules()) else "bf16",
                 "cuda_graphs": self.options.cuda_graphs,
                 "decode_overlap": self.decode_overlap and cuda,
                 "threads": torch.get_num_threads() if not cuda else None,
