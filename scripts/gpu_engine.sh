@@ -9,7 +9,7 @@ OUT=${OUT:-out/engine}; mkdir -p "$OUT"
 pip install -q --no-deps -e . >/dev/null
 W=/tmp/random-wan
 [ -d $W/vae ] || python scripts/make_random_wan.py $W 2>&1 | tee "$OUT/make.log"
-videomla bench --variants sf21,dense-s1w6,mla-auto --horizons 5,60 --batch-sizes 4 --concurrency "" \
+videomla bench --variants sf21,dense-s1w6,mla-auto,mla-fp8c --horizons 5,60 --batch-sizes 4 --concurrency "" \
   --json "$OUT/bench.json" --markdown "$OUT/bench.md" --quiet 2>&1 | tee "$OUT/bench.log"
 common=(--vae $W/vae --text-encoder hash --prompt "a benchmark prompt" --seconds 30 --seed 0 --quiet)
 videomla generate --checkpoint $W/mla "${common[@]}" --out /tmp/mla.mp4 --summary "$OUT/gen-mla-auto.json"

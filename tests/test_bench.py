@@ -162,7 +162,7 @@ def test_cli_json_schema_and_bytes_per_token(tmp_path, capsys):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
     argv = ["bench", "--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--height", "32", "--width", "48"]
-    argv += ["--variants", "dense-s1w6,mla-auto,mla-fp8", "--steady-chunks", "1", "--horizons", "5,20"]
+    argv += ["--variants", "dense-s1w6,mla-auto,mla-fp8,mla-fp8c", "--steady-chunks", "1", "--horizons", "5,20"]
     argv += ["--batch-sizes", "2", "--batched-variants", "mla-auto", "--compile-backend", "eager", "--quiet"]
     argv += ["--no-vae"]  # the VAE path has its own test; here it would only add CPU time
     argv += ["--json", str(out), "--markdown", str(md)]
@@ -187,6 +187,9 @@ def test_cli_json_schema_and_bytes_per_token(tmp_path, capsys):
     assert by["mla-auto"]["memory"]["20s"]["method"] == "fast-forwarded"
     assert by["mla-auto"]["stream"]["video_frames"][:2] == [9, 12]
     assert [b["batch"] for b in by["mla-auto"]["batched"]] == [2] and by["dense-s1w6"]["batched"] == []
+    err = by["mla-fp8c"]["compute_vs_bf16_rel_err"]  # fp8 linears against the same weights in fp32
+    assert by["mla-fp8c"]["compute"] == "fp8" and 0 < err["last"] < 0.05 and len(err["per_chunk"]) == 5
+    assert by["mla-auto"]["compute_vs_bf16_rel_err"] is None
     assert md.read_text() == markdown(report)
     assert "| mla-auto |" in capsys.readouterr().out
 

@@ -12,6 +12,7 @@ concurrency limit follow for the variants asked.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -480,6 +481,22 @@ class Bench:
                 result["verified"].append({"batch": batch, "ok": False, "peak_allocated": None})
         return result
 
+    def compute_error(self, reference: CausalWanModel, model: CausalWanModel, variant: Variant) -> dict:
+        """Relative error of ``model``'s stream against ``reference``'s (same weights, noise and
+        text): per chunk over the first chunks, cache fill and steady state both."""
+        self.configure(reference, variant)
+        self.configure(model, variant)
+        text = self.text(reference, 1)
+        chunks = self.fill_frame(variant) // variant.stream.frames_per_chunk + 2
+        streams = []
+        for m in (reference, model):
+            engine = StreamEngine(m, variant.stream, self.geometry(m), options=self.options(variant))
+            gen = torch.Generator(self.device).manual_seed(self.setup.seed)
+            streams.append([engine.step(text, gen).float() for _ in range(chunks)])
+            del engine
+        per_chunk = [float((b - a).norm() / a.norm()) for a, b in zip(*streams)]
+        return {"per_chunk": per_chunk, "last": per_chunk[-1]}
+
     def fast_error(self, model, variant, text) -> float:
         """Relative error of one fast forward against the reference kernels: same inputs, same cache."""
         cache = self.steady_cache(model, variant, 1)
@@ -522,10 +539,17 @@ def run_bench(
         if not group:
             continue
         model = build_model(setup, attention)
-        set_compute(model, compute)
+        compute_error = None
+        if compute != "bf16":  # the same weights before and after: the error fp8 compute costs
+            reference = copy.deepcopy(model)
+            set_compute(model, compute)
+            compute_error = bench.compute_error(reference, model, group[0])
+            del reference
+            bench.memory.free()
         for variant in tqdm(group, desc=f"{attention} variants", disable=not progress):
             log(f"bench: {variant.name} ({variant.description})")
             results[variant.name] = bench.run_variant(model, variant)
+            results[variant.name]["compute_vs_bf16_rel_err"] = compute_error
             if on_result is not None:
                 on_result(results[variant.name])
         for variant in group:
