@@ -108,6 +108,12 @@ def test_recache_keep_sink_rebuilds_only_the_window(seed):
         StreamEngine(model, WINDOW, GEOMETRY).recache(b)
 
 
+def test_a_cache_the_machine_cannot_hold_is_refused_before_allocating():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"needs [\d,.]+ GiB, but cpu has [\d,.]+ GiB available"):
+        StreamEngine(model, StreamConfig(sink_frames=1, window_frames=10**12), GEOMETRY)
+
+
 def test_nonfinite_chunk_names_chunk_and_layer(seed):
     model = tiny_model()
     with torch.no_grad():

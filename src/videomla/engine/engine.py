@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.common import fast_kernels
-from ..cache import KVFootprint, StreamingCache
+from ..cache import KVFootprint, StreamingCache, spec_bytes
 from ..config import StreamConfig
 from ..model import CausalWanModel
 from ..parallel import TokenShard
@@ -71,6 +71,45 @@ class EngineOptions:
         )
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take now: free CUDA memory, or MemAvailable on Linux."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_cache_fits(
+    model: CausalWanModel,
+    stream: StreamConfig,
+    geometry: LatentGeometry,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    shard: TokenShard | None = None,
+) -> int:
+    """The bytes the cache will take; a ValueError naming them when the device cannot hold them."""
+    tokens = model.tokens_per_frame(geometry.height, geometry.width)
+    if shard is not None:
+        tokens = shard.local_tokens(tokens)
+    slots = stream.cached_frames + stream.frames_per_chunk
+    need = sum(spec_bytes(spec) for spec in model.cache_specs(dtype)) * slots * tokens * batch
+    have = available_bytes(device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"the KV cache for {stream.sink_frames} sink + {stream.window_frames} window frames "
+            f"({batch} stream(s), {tokens} tokens per frame) needs {need / 2**30:,.2f} GiB, but {device} has "
+            f"{have / 2**30:,.2f} GiB available; use a smaller --window/--sink"
+        )
+    return need
+
+
 class NonFiniteError(RuntimeError):
     """The stream produced NaN or Inf: names the chunk and the first layer whose cache shows it."""
 
@@ -106,6 +145,7 @@ class StreamEngine:
             self.options = dataclasses.replace(self.options, cuda_graphs=False)
         self.shard = shard
         self.cache_dtype = cache_dtype or self.dtype
+        check_cache_fits(model, stream, geometry, batch, self.cache_dtype, self.device, shard)
         self.cache: StreamingCache = model.new_cache(
             stream, batch, geometry.height, geometry.width, self.cache_dtype, self.device, shard
         )
