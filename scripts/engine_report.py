@@ -29,6 +29,11 @@ def main() -> None:
         c, d = s["fps_with_vae"], g["fps_steady"]
         print(f"| {v['name']} | {a:.1f} | {b:.1f} | {b / a:.3f} | {c:.1f} | {d:.1f} | {d / c:.3f} "
               f"| {s['ttfc_wall_ms']:.0f} | {g['time_to_first_chunk_seconds']:.2f} |")  # fmt: skip
+    seq = out / "gen-mla-auto-sequential-decode.json"
+    if seq.is_file():
+        g = json.loads(seq.read_text())
+        print(f"\nmla-auto generate with --no-decode-overlap: {g['fps_steady']:.1f} FPS with decode, "
+              f"{g['fps_steady_without_decode']:.1f} without")  # fmt: skip
 
 
 if __name__ == "__main__":

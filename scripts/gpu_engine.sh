@@ -18,10 +18,11 @@ W=/tmp/random-wan
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gen.log"
 [ -d $W/vae ] || timeout 120 python3 scripts/make_random_wan.py $W 2>&1 | tail -2 | tee -a "$OUT/gen.log"
 timeout 300 $V bench --variants sf21,dense-s1w6,mla-auto,mla-fp8c --horizons 5,60 --batched-variants "" \
-  --concurrency "" --json "$OUT/bench.json" --markdown "$OUT/bench.md" --quiet 2>&1 | tail -40 > "$OUT/bench.log"
+  --concurrency "" --json "$OUT/bench.json" --markdown "$OUT/bench.md" --quiet 2>&1 | tail -20 >> "$OUT/gen.log"
 # png-grid keeps 16 sampled frames: the writer costs nothing, so generate's FPS is the engine's and the decode's
 common=(--vae $W/vae --text-encoder hash --prompt "a benchmark prompt" --seconds ${SECONDS_OF_VIDEO:-20} --seed 0 --quiet)
-for run in "mla-auto:$W/mla:" "dense-s1w6:$W/dense:--stream videomla" "sf21:$W/dense:"; do
+for run in "mla-auto:$W/mla:" "dense-s1w6:$W/dense:--stream videomla" "sf21:$W/dense:" \
+  "mla-auto-sequential-decode:$W/mla:--no-decode-overlap"; do
   IFS=: read -r name ckpt extra <<<"$run"
   timeout 100 $V generate --checkpoint "$ckpt" $extra "${common[@]}" --out /tmp/$name.png \
     --summary "$OUT/gen-$name.json" 2>&1 | tail -3 | tee -a "$OUT/gen.log"

@@ -201,11 +201,15 @@ class Bench:
         return n * math.ceil(variant.stream.cached_frames / n)
 
     # -- the timed stream -----------------------------------------------------------------------
-    def timed_video(self, pipe: Pipeline, variant: Variant, chunks: int) -> dict:
-        """One video of ``chunks`` chunks through :meth:`Pipeline.run`; its per-chunk timings."""
+    def timed_video(self, pipe: Pipeline, variant: Variant, chunks: int, decode: bool = True) -> dict:
+        """One video of ``chunks`` chunks through :meth:`Pipeline.run`; its per-chunk timings.
+
+        ``decode=False`` asks for latents only, so the chunk steps are timed alone (with decode
+        overlapped on CUDA the two share the GPU, and the step times include that contention)."""
         n = variant.stream.frames_per_chunk
         seconds = pipe.spec.codec.frames_for(chunks * n) / VIDEO_FPS
-        output = "none" if self.codec is not None else "latent"
+        decode = decode and self.codec is not None
+        output = "none" if decode else "latent"
         request = pipe.request("a benchmark prompt", seconds, seed=self.setup.seed, output=output)
         if request.num_chunks != chunks:
             raise RuntimeError(f"a {seconds:g} s request makes {request.num_chunks} chunks, not {chunks}")
@@ -217,21 +221,26 @@ class Bench:
         )  # fmt: skip
         return {
             "transformer_ms": [t.step_ms for t in timings],
-            "vae_ms": [t.decode_ms for t in timings] if self.codec is not None else None,
+            "vae_ms": [t.decode_ms for t in timings] if decode else None,
             "ready_s": [t.ready_s for t in timings],
             "video_frames": [t.frames for t in timings],
             "finite": finite,
         }
 
-    def timed_steps(self, engine: StreamEngine, text: torch.Tensor, chunks: int) -> dict:
-        """``chunks`` engine steps timed with device events (no decode): horizons and batches."""
-        marks = [self.clock.mark()]
+    def timed_steps(self, engine: StreamEngine, text: torch.Tensor, chunks: int, decoder=None) -> dict:
+        """``chunks`` engine steps timed with device events (``decoder``: each chunk also decoded
+        after its step, so peak memory counts the VAE's activations): horizons and batches."""
+        spans = []
         for _ in range(chunks):
+            start = self.clock.mark()
             x0 = engine.step(text, self.generator)
-            marks.append(self.clock.mark())
+            spans.append((start, self.clock.mark()))
+            if decoder is not None:
+                with torch.no_grad():
+                    decoder.decode(x0)
         self.clock.sync()
         return {
-            "transformer_ms": [self.clock.ms(a, b) for a, b in itertools.pairwise(marks)],
+            "transformer_ms": [self.clock.ms(a, b) for a, b in spans],
             "finite": bool(torch.isfinite(x0).all()),
         }
 
@@ -292,8 +301,12 @@ class Bench:
         # level's forward is captured as a CUDA graph), VAE autotuning
         self.timed_video(pipe, variant, fill_chunks + 2)
         # the timed video: a new video in the same engine (cache emptied, buffers and graphs kept)
+        alone = self.timed_video(pipe, variant, chunks, decode=False) if self.codec is not None else None
         self.memory.reset_peak()
         run = self.timed_video(pipe, variant, chunks)
+        if alone is not None:  # transformer FPS from the steps alone; wall FPS from the decoded video
+            run["transformer_ms_with_decode"] = run["transformer_ms"]
+            run["transformer_ms"] = alone["transformer_ms"]
         engine = pipe.engine
         assert engine is not None
         out["cache_allocated_bytes"] = engine.cache.nbytes
@@ -303,7 +316,7 @@ class Bench:
         for seconds in s.horizons:
             if seconds <= s.clip_seconds:
                 continue
-            memory[f"{seconds:g}s"] = self.horizon(engine, variant, text, seconds)
+            memory[f"{seconds:g}s"] = self.horizon(engine, variant, text, seconds, pipe)
         out["memory"] = memory
         out["memory_flat"] = self.is_flat(memory)
         graphs = engine.graphs
@@ -331,6 +344,7 @@ class Bench:
             "transformer_ms": t,
             "vae_ms": v,
             "ready_s": ready,
+            "transformer_ms_with_decode": run.get("transformer_ms_with_decode"),  # steps while decode overlapped
             "video_frames": frames,
             "steady_chunk_ms": steady_ms,
             "steady_chunk_ms_p90": percentile([t[i] for i in steady], 0.9),
@@ -370,7 +384,7 @@ class Bench:
             "cache_allocated_bytes": cache.nbytes,
         }
 
-    def horizon(self, engine: StreamEngine, variant: Variant, text: torch.Tensor, seconds: float) -> dict:
+    def horizon(self, engine: StreamEngine, variant: Variant, text: torch.Tensor, seconds: float, pipe) -> dict:
         """Carry the engine's stream to ``seconds`` of video, then time ``horizon_chunks`` chunks there."""
         s = self.setup
         n = variant.stream.frames_per_chunk
@@ -386,7 +400,8 @@ class Bench:
         else:
             method = "fast-forwarded"
             advance_cache(cache, first)
-        run = self.timed_steps(engine, text, s.horizon_chunks)
+        decoder = pipe.codec.stream_decoder() if self.codec is not None else None
+        run = self.timed_steps(engine, text, s.horizon_chunks, decoder)
         point = self.memory_point(cache, method, first, cache.window.next_frame, self.memory.peak())
         point["chunk_ms"] = run["transformer_ms"]
         point["output_finite"] = run["finite"]

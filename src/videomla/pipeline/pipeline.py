@@ -472,7 +472,7 @@ class Pipeline:
                 timer.stop()
                 job = queue.submit(x0) if queue is not None else DecodedChunk(None, torch.isfinite(x0).all())
                 job.latents = x0 if request.output == "latent" else None
-                if pipelined:
+                if pipelined and k > 0:  # the first chunk is never held back: time to first frame
                     pending.append((k, job, timer.seconds))
                     if len(pending) > 1:
                         yield finish(*pending.pop(0))
