@@ -130,8 +130,10 @@ def test_detection_recovers_positions_shapes_and_sizes(seed):
         alone = ((others > 0.01) & (own[i] > 0.01)).sum((1, 2)) == 0
         whole = det.whole[:, c]
         assert whole[alone].all()
+        if not whole.any():  # under another object all along: never measured
+            continue
         err = (det.centroid[whole, c] - truth[whole, i]).norm(dim=-1)
-        assert not whole.any() or err.median() < 0.1  # sub-pixel centroids, not half-pixel mask jumps
+        assert err.median() < 0.1  # sub-pixel centroids, not half-pixel mask jumps
         assert (det.shape[whole, c] == SHAPES.index(o.shape)).float().mean() >= 0.95
         assert (det.size[whole, c] == SIZES.index(o.size)).float().mean() >= 0.95
     absent = [colours.index(c) for c in PALETTE if c not in {o.colour for o in p.objects}]
@@ -207,9 +209,9 @@ DEFECTS = {
 @pytest.mark.parametrize("name", list(DEFECTS))
 def test_defect_lowers_the_right_metric(name, seed):
     p = clip_with(seed, min_objects=2)
-    video = render(p, 160)  # 20 s: four windows
-    real = evaluate(video, caption(p))
-    bad = evaluate(*defect(name, p, video, torch.Generator().manual_seed(seed)))
+    video = render(p, 80)  # 10 s in four windows of 2.5 s
+    real = evaluate(video, caption(p), window_seconds=2.5)
+    bad = evaluate(*defect(name, p, video, torch.Generator().manual_seed(seed)), window_seconds=2.5)
     targets, margin, untouched = DEFECTS[name]
     report = f"{caption(p)}\nreal:\n{real.table()}\n{name}:\n{bad.table()}"
     for m in targets:
@@ -222,8 +224,11 @@ def test_defect_lowers_the_right_metric(name, seed):
 
 def test_drift_shows_along_the_rollout(seed):
     p = clip_with(seed)
-    video = render(p, 160)
-    drifted = evaluate(hue_rotate(video, torch.arange(160) * math.pi / 160), caption(p))
+    while all(o.colour == "white" for o in p.objects):  # white lies on the grey axis: the hue turn leaves it
+        seed += 1
+        p = clip_with(seed)
+    video = render(p, 80)
+    drifted = evaluate(hue_rotate(video, torch.arange(80) * math.pi / 80), caption(p), window_seconds=2.5)
     # the hue turns 45 degrees per window: little harm in the first, identities lost later (a half turn
     # can land a colour on another palette colour, so the last window may recover a little)
     persistence = [w["persistence"] for w in drifted.windows]
@@ -275,7 +280,9 @@ def test_cli_reads_tensors_gifs_and_frames(tmp_path, capsys, seed):
     for i, frame in enumerate(frames):
         iio.imwrite(png / f"{i:04d}.png", frame)
     out = tmp_path / "scores.json"
-    assert main(["evaluate", str(tmp_path / "clip.npy"), str(tmp_path / "clip.gif"), "--json", str(out)]) == 0
+    per_video = tmp_path / "per-video"
+    args = ["evaluate", str(tmp_path / "clip.npy"), str(tmp_path / "clip.gif"), "--json", str(out)]
+    assert main([*args, "--json-dir", str(per_video)]) == 0
     assert main(["evaluate", str(png), str(tmp_path / "copy.pt"), "--prompt", caption(p), "--fps", "8"]) == 0
     printed = capsys.readouterr().out
     assert "mean over 2 videos" in printed and "drift" in printed
@@ -285,6 +292,11 @@ def test_cli_reads_tensors_gifs_and_frames(tmp_path, capsys, seed):
     assert npy["overall"]["overall"] == pytest.approx(direct.overall["overall"])
     gif = data["videos"][str(tmp_path / "clip.gif")]  # 8-bit palette: nearly lossless for flat colours
     assert gif["overall"]["overall"] >= direct.overall["overall"] - 0.05
+    assert set(data["mean"]) == {*METRICS, "overall", "mean", "pass_rate"}
+    one = json.loads((per_video / "clip.npy.json").read_text())  # per video: every metric of every window
+    assert one["video"] == str(tmp_path / "clip.npy") and one["prompt"] == caption(p)
+    assert one["overall"]["overall"] == pytest.approx(direct.overall["overall"])
+    assert all({*METRICS, "overall", "mean", "sharpness", "count_ok"} <= set(w) for w in one["windows"])
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation import METRICS, Evaluation, evaluate
+from ..evaluation import AGGREGATES, METRICS, Evaluation, evaluate
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
 TENSOR_SUFFIXES = (".pt", ".npy")
+LOSSY = (".mp4", ".webm", ".avi", ".mov", ".mkv")  # usually 4:2:0 chroma: small objects' edges smear
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, help="frame rate (default: the file's own, else 8)")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds (default 5)")
     p.add_argument("--json", metavar="OUT", help="also write every score to this JSON file")
+    p.add_argument(
+        "--json-dir", metavar="DIR", help="also write one JSON per video (every window, overall, drift) as DIR/NAME.EXT.json"
+    )
     p.set_defaults(func=run)
 
 
@@ -130,14 +134,20 @@ def run(args: argparse.Namespace) -> int:
     if args.fps is not None and args.fps <= 0:
         raise ValueError(f"--fps must be > 0, got {args.fps}")
     results: dict[str, Evaluation] = {}
-    for path in expand(args.paths):
+    paths = expand(args.paths)
+    if args.json_dir:
+        os.makedirs(args.json_dir, exist_ok=True)
+    for path in paths:
         video, file_fps = load_video(path)
         result = evaluate(video, prompt_for(path, args.prompt), fps=args.fps or file_fps, window_seconds=args.window)
         results[str(path)] = result
-        print(f"{path}: {result.num_frames} frames at {result.fps:g} fps, prompt {result.prompt!r}")
+        lossy = " (lossy format: scores are exact only on tensors, PNG/GIF or yuv444p video)" if path.suffix.lower() in LOSSY else ""
+        print(f"{path}: {result.num_frames} frames at {result.fps:g} fps, prompt {result.prompt!r}{lossy}")
         print(result.table())
         print()
-    keys = (*METRICS, "overall")
+        if args.json_dir:
+            write_json(os.path.join(args.json_dir, f"{path.name}.json"), {"video": str(path), **result.to_dict()})
+    keys = (*METRICS, *AGGREGATES)
     mean = {k: sum(r.overall[k] for r in results.values()) / len(results) for k in keys}
     if len(results) > 1:
         print(f"mean over {len(results)} videos: " + ", ".join(f"{k} {mean[k]:.3f}" for k in keys))

@@ -183,9 +183,16 @@ def measure_candidates(
     who = owner[mine]
     ys, xs = torch.nonzero(mine, as_tuple=True)[1:]
     area = torch.bincount(who, minlength=d).float()
-    hard = torch.stack([torch.bincount(who, xs + 0.5, d), torch.bincount(who, ys + 0.5, d)], -1) / area.clamp(min=1)[:, None]
+    hard = (
+        torch.stack([torch.bincount(who, xs + 0.5, d), torch.bincount(who, ys + 0.5, d)], -1)
+        / area.clamp(min=1)[:, None]
+    )
     bbox = torch.stack(
-        [torch.zeros(d).scatter_reduce(0, who, v.float(), op, include_self=False) for v in (xs, ys) for op in ("amin", "amax")],
+        [
+            torch.zeros(d).scatter_reduce(0, who, v.float(), op, include_self=False)
+            for v in (xs, ys)
+            for op in ("amin", "amax")
+        ],
         -1,
     )
     if d == 0:
@@ -212,7 +219,9 @@ def measure_candidates(
     rel = pixels[..., None, :] - unders  # [D, K, K, 1 + C, 3]
     alpha = ((rel * axis).sum(-1) / (axis * axis).sum(-1).clamp(min=1e-6)).clamp(0, 1)
     resid = (rel - alpha[..., None] * axis).norm(dim=-1)
-    resid[..., 1:][(torch.arange(NUM_COLOURS) == cands.colour[:, None])[:, None, None].expand_as(resid[..., 1:])] = math.inf
+    resid[..., 1:][(torch.arange(NUM_COLOURS) == cands.colour[:, None])[:, None, None].expand_as(resid[..., 1:])] = (
+        math.inf
+    )
     best_resid, best_under = resid.min(-1)
     alpha = alpha.gather(-1, best_under[..., None])[..., 0]
     on_mix = best_resid <= MIX_RADIUS

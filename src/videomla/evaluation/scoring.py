@@ -299,7 +299,10 @@ def evaluate(
     # shape fidelity: IoU with the best shape at the requested size (either size if not requested)
     iou = det.iou[:, wanted]  # [T, R, S, Z]
     fit = torch.stack(
-        [iou[:, r, :, SIZES.index(q.size)].amax(-1) if q.size else iou[:, r].amax((-1, -2)) for r, q in enumerate(queries)],
+        [
+            iou[:, r, :, SIZES.index(q.size)].amax(-1) if q.size else iou[:, r].amax((-1, -2))
+            for r, q in enumerate(queries)
+        ],
         -1,
     )
     smooth, moving, speeds = motion_samples(det, shown, fps, spec, wanted)
@@ -320,9 +323,7 @@ def evaluate(
     }
     # everything shown that was not asked for: unrequested objects, duplicates, blobs that are no object
     unrequested = [c for c in range(NUM_COLOURS) if c not in wanted]
-    extras = (
-        det.count[:, unrequested].sum(1) + (det.count[:, wanted] - 1).clamp(min=0).sum(1) + det.blobs
-    ).float()
+    extras = (det.count[:, unrequested].sum(1) + (det.count[:, wanted] - 1).clamp(min=0).sum(1) + det.blobs).float()
     distribution = distribution_samples(det, shown, speeds, spec)
 
     bounds = window_bounds(t, max(1, round(window_seconds * fps)))
