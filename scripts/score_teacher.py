@@ -1,0 +1,95 @@
+"""Score a stage-1 (teacher) model's samples with the current evaluator, on held-out prompts, on the CPU.
+
+    python scripts/score_teacher.py MODEL_DIR --out FILE.json [--prompts 16] [--noise 2] [--steps 8 32]
+
+Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them). Each prompt is
+streamed (no guidance: the stage-1 sampler) from noise seeds 0..noise-1, to 1x (21 frames) and/or
+6x (126 frames) (``--horizons``), with the listed Euler step counts; real clips of the same prompts are scored
+alongside as the ceiling. Writes per-video scores and means; prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce import STREAM, WORLD
+
+from videomla.checkpoint import load_model
+from videomla.codecs import PixelCodec
+from videomla.config import StreamConfig
+from videomla.data.world import caption, clip_params_at, render
+from videomla.evaluation import AGGREGATES, METRICS, evaluate
+from videomla.sampler import LatentGeometry, stream_latents
+from videomla.schedule import SamplingSchedule
+from videomla.text import HashTextEncoder
+
+PROMPT_SEED = 777
+HORIZONS = {"1x": 21, "6x": 126}
+
+
+def even_steps(n: int) -> tuple[int, ...]:
+    return tuple(round(1000 * (n - i) / n) for i in range(n))
+
+
+@torch.no_grad()
+def rollout(model, prompts: list[str], steps: int, noise: int, frames: int) -> torch.Tensor:
+    text = model.embed_text(HashTextEncoder(model.config.text_dim).encode(prompts))
+    stream = StreamConfig(**STREAM)
+    gen = torch.Generator().manual_seed(noise)
+    chunks = frames // stream.frames_per_chunk
+    schedule = SamplingSchedule(even_steps(steps))
+    geometry = LatentGeometry(48, 16, 16)
+    latents = stream_latents(model, text, geometry, stream, chunks, schedule, generator=gen, batch=len(prompts))
+    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
+    return codec.decode(torch.cat(list(latents), dim=2).float())
+
+
+def mean(rows: list[dict]) -> dict:
+    return {k: sum(r[k] for r in rows) / len(rows) for k in (*METRICS, *AGGREGATES)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--noise", type=int, default=2)
+    ap.add_argument("--steps", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load_model(args.model, dtype=torch.float32)
+    prompts = [caption(clip_params_at(PROMPT_SEED, i)) for i in range(args.prompts)]
+    result: dict = {"model": args.model, "prompts": prompts, "prompt_seed": PROMPT_SEED, "runs": {}}
+    horizons = {h: HORIZONS[h] for h in args.horizons}
+    longest = max(horizons.values())
+    real = [evaluate(render(clip_params_at(PROMPT_SEED, i), longest), p).overall for i, p in enumerate(prompts)]
+    result["runs"][f"real clips {max(horizons, key=horizons.get)}"] = {"mean": mean(real), "videos": real}
+    for steps in args.steps:
+        per = {h: [] for h in horizons}
+        start = time.perf_counter()
+        for noise in range(args.noise):
+            videos = rollout(model, prompts, steps, noise, longest)
+            for h, frames in horizons.items():
+                for p, v in zip(prompts, videos):
+                    per[h].append({"noise": noise, "prompt": p, **evaluate(v[:, :frames], p).overall})
+        for h in horizons:
+            result["runs"][f"{steps} steps {h}"] = {"mean": mean(per[h]), "videos": per[h]}
+        print(f"{steps} steps: {time.perf_counter() - start:.0f} s", flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    cols = (*METRICS, *AGGREGATES)
+    print(f"{'run':>16} " + " ".join(f"{c[:11]:>11}" for c in cols))
+    for name, run in result["runs"].items():
+        print(f"{name:>16} " + " ".join(f"{run['mean'][c]:11.3f}" for c in cols))
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
