@@ -242,16 +242,9 @@ def test_summary_json_fields(tmp_path, capsys, seed):
 
 def test_core_install_refuses_mp4_before_loading(tmp_path, capsys, monkeypatch):
     """Without PyAV the mp4 writer is refused with the pip line, before the model loads, leaving no file."""
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_av(name, *args, **kwargs):
-        if name == "av" or name.startswith("av."):
-            raise ModuleNotFoundError("No module named 'av'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_av)
+    monkeypatch.setitem(sys.modules, "av", None)  # what an install without the video extra looks like
     loaded = []
     monkeypatch.setattr("videomla.pipeline.pipeline.load_model", lambda *a, **k: loaded.append(a))
     code = main(["generate", "--prompt", "a", "--seconds", "1", "--out", str(tmp_path / "v.mp4")])

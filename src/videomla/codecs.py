@@ -110,14 +110,9 @@ class WanVAECodec:
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> WanVAECodec:
         """Load a local diffusers VAE folder (or a Wan2.1 diffusers root holding ``vae/``); never downloads."""
-        folder = Path(path)
-        if (folder / "vae" / "config.json").is_file():
-            folder = folder / "vae"
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no Wan VAE at {path}: expected a diffusers AutoencoderKLWan folder ({WAN_VAE_FILES}), "
-                f"e.g. Wan2.1-T2V-1.3B-Diffusers/vae"
-            )
+        from .checkpoint import check_vae_folder
+
+        folder = check_vae_folder(path)  # a named error for a missing, broken or foreign folder
         from diffusers import AutoencoderKLWan
 
         vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)

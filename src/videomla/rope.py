@@ -30,6 +30,7 @@ class Rotary3D:
             1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu")[:p] / d)
             for d, p in zip(axis_dims, self.pairs)
         ]
+        self._on: dict[torch.device, list[torch.Tensor]] = {}
 
     @property
     def channels(self) -> int:
@@ -40,11 +41,14 @@ class Rotary3D:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of shape [F*height*width, pairs] for frames at ``frame_positions`` (token order f, h, w)."""
         device = frame_positions.device
+        freqs = self._on.get(device)
+        if freqs is None:  # uploaded once per device, not per forward
+            freqs = self._on[device] = [f.to(device) for f in self.freqs]
         t = frame_positions.to(torch.float64)
         f = t.numel()
-        ang_t = torch.outer(t, self.freqs[0].to(device))
-        ang_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), self.freqs[1].to(device))
-        ang_w = torch.outer(torch.arange(width, dtype=torch.float64, device=device), self.freqs[2].to(device))
+        ang_t = torch.outer(t, freqs[0])
+        ang_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), freqs[1])
+        ang_w = torch.outer(torch.arange(width, dtype=torch.float64, device=device), freqs[2])
         angles = torch.cat(
             [
                 ang_t[:, None, None, :].expand(f, height, width, -1),

@@ -18,6 +18,8 @@ from ..rope import Rotary3D
 from ..window import clip_layout, teacher_forcing_layout
 from .common import fast_enabled
 
+_CLIP_CONTEXTS: dict[tuple, AttentionContext] = {}
+
 
 @dataclass
 class AttentionContext:
@@ -56,8 +58,30 @@ class AttentionContext:
         """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention.
 
         ``teacher_forcing``: the frames are ``[clean clip ; noisy clip]`` (see
-        :func:`~videomla.window.teacher_forcing_layout`).
+        :func:`~videomla.window.teacher_forcing_layout`). Memoised per shape and device: every
+        training step reuses the layout, mask and RoPE tables (no host work or upload per forward).
         """
+        if not kw:
+            key = (num_frames, height, width, stream, str(device), teacher_forcing)
+            ctx = _CLIP_CONTEXTS.get(key)
+            if ctx is None:
+                if len(_CLIP_CONTEXTS) >= 64:
+                    _CLIP_CONTEXTS.clear()
+                ctx = _CLIP_CONTEXTS[key] = cls._for_clip(num_frames, height, width, stream, device, teacher_forcing)
+            return ctx
+        return cls._for_clip(num_frames, height, width, stream, device, teacher_forcing, **kw)
+
+    @classmethod
+    def _for_clip(
+        cls,
+        num_frames: int,
+        height: int,
+        width: int,
+        stream: StreamConfig | None,
+        device: torch.device,
+        teacher_forcing: bool = False,
+        **kw,
+    ) -> AttentionContext:
         if teacher_forcing:
             if stream is None or num_frames % 2:
                 raise ValueError(

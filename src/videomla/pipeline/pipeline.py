@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_metadata, load_model, resolve_checkpoint
 from ..codecs import PixelCodec, VideoCodec, WanVAECodec
-from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, StreamEngine
+from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
 from ..engine.threads import set_cpu_threads
 from ..model import CausalWanModel
 from ..parallel import TokenShard
@@ -484,6 +484,10 @@ class Pipeline:
         except GeneratorExit:  # closed early: the chunk still in flight goes to the file too
             while pending and writer is not None:
                 finish(*pending.pop(0))
+            raise
+        except NonFiniteError:  # the frames before the bad chunk are good video: keep them
+            if writer is not None:
+                writer.close(commit=True)
             raise
         finally:
             summary.wall_seconds = time.perf_counter() - started
