@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 import torch
 from videomla.checkpoint import RESERVED_METADATA, load_metadata, load_model, save_model
-from videomla.training.models import resolve_checkpoint_path
-src = resolve_checkpoint_path(Path(sys.argv[1]))
+from videomla.checkpoint import resolve_checkpoint
+src = resolve_checkpoint(Path(sys.argv[1]))
 meta = {k: v for k, v in load_metadata(src).items() if k not in RESERVED_METADATA}
 save_model(load_model(src, dtype=torch.bfloat16), Path(sys.argv[2]), meta)
 print("exported", src, "as bf16 to", sys.argv[2])

@@ -329,9 +329,9 @@ def rank(root: Path, run: str) -> dict:
 
 def teacher_model_dir(run: Path) -> str:
     """The newest exported model of a training run folder."""
-    from videomla.training.models import resolve_checkpoint_path
+    from videomla.checkpoint import resolve_checkpoint
 
-    return str(resolve_checkpoint_path(run))
+    return str(resolve_checkpoint(run))
 
 
 FIGURE_FRAMES = (0, 10, 20, 60, 125, 250)  # 1x ends at 21 frames, 6x at 126, 12x at 252

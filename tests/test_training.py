@@ -25,7 +25,7 @@ from videomla.training.config import config_from_dict, load_config
 from videomla.training.data import Batch, DataOrder, LatentFolder, collate, local_slice
 from videomla.training.losses import Guidance, dmd_direction, dmd_generator_loss, rollout, teacher_forcing_loss
 from videomla.training.metrics import read_metrics
-from videomla.training.models import EMA, freeze, resolve_checkpoint_path, trainable_copy
+from videomla.training.models import EMA, freeze, trainable_copy
 from videomla.training.rng import StepRNG
 from videomla.training.stages import ConsistencyStage, DMDStage, TeacherForcingStage
 from videomla.training.trainer import train
@@ -196,7 +196,13 @@ def test_world_source_encodes_clips_for_the_world_preset() -> None:
     source = WorldSource({"num_clips": 3, "size": 48}, preset("world"), frames=3, seed=0)
     clip = source[1]
     assert clip.latents.shape == (48, 3, 12, 12) and clip.context.shape == (16, 64) and "bouncing" in clip.caption
-    assert source.generation_metadata()["video"] == {"height": 48, "width": 48, "fps": 8.0}
+    from videomla.config import StreamConfig
+    from videomla.pipeline import GenerationSpec
+    from videomla.schedule import SamplingSchedule
+
+    spec = source.generation_spec(StreamConfig(), SamplingSchedule((1000, 500), 3.0))
+    assert spec.to_dict()["video"] == {"height": 48, "width": 48, "fps": 8.0}
+    assert GenerationSpec.from_dict(spec.to_dict()) == spec  # what generate reads back, sampler included
     with pytest.raises(ValueError, match=r"unknown data\.world keys"):
         WorldSource({"colour": "red"}, preset("world"), frames=3, seed=0)
 
@@ -412,8 +418,8 @@ def test_cli_trains_exports_and_the_export_loads(workspace: dict, tmp_path: Path
     exported = latest_checkpoint(out / "checkpoints") / "model"
     meta = json.loads((exported / "config.json").read_text())
     assert meta["stream"] == {**STREAM, "rope_mode": "window-relative"} and meta["training"]["step"] == 2
-    assert resolve_checkpoint_path(out) == exported  # stage 2/3 configs may name a run folder
-    assert resolve_checkpoint(out) == exported  # and so may `videomla generate --checkpoint`
+    assert meta["schedule"] == {"steps": [1000, 750, 500, 250], "shift": 5.0}  # the sampler it was trained for
+    assert resolve_checkpoint(out) == exported  # stage 2/3 configs may name a run folder
     model = load_model(exported)
     trained = load_file(exported.parent / "generator.safetensors")
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
@@ -427,5 +433,5 @@ def test_mla_conversion_of_a_dense_checkpoint_trains_and_exports(workspace: dict
     train(config_from_dict(cfg), tmp_path / "run")
     report = json.loads((tmp_path / "run" / "mla_conversion.json").read_text())
     assert report["init"] == "svd" and [layer["layer"] for layer in report["layers"]] == [1]
-    exported = load_model(resolve_checkpoint_path(tmp_path / "run"))
+    exported = load_model(resolve_checkpoint(tmp_path / "run"))
     assert exported.config.mla_layers == (1,) and len(exported.mla_layers()) == 1

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import torch
 
 from ..config import ModelConfig, StreamConfig
+from ..pipeline.spec import CodecSpec, GenerationSpec, TextSpec, VideoSpec
+from ..schedule import SamplingSchedule
 from .config import DataSection
 from .rng import derive_seed
 
@@ -200,19 +202,18 @@ class WorldSource:
         context = torch.stack([pad_context(self.context_of(c), length, c) for c in captions])
         return Batch(latents, upload(context, device), captions)
 
-    def generation_metadata(self) -> dict[str, Any]:
+    def generation_spec(self, stream: StreamConfig, schedule: SamplingSchedule) -> GenerationSpec:
         """What ``videomla generate`` needs to decode and prompt a model trained on these clips."""
         spec = self.clips.spec
-        return {
-            "codec": {
-                "type": "pixel",
-                "spatial_stride": self.codec.spatial_stride,
-                "scale": self.codec.scale,
-                "offset": self.codec.offset,
-            },
-            "text_encoder": {"type": "hash", "text_dim": self.text.text_dim, "max_tokens": self.text.max_tokens},
-            "video": {"height": spec.size, "width": spec.size, "fps": spec.fps},
-        }
+        return GenerationSpec(
+            codec=CodecSpec(
+                "pixel", spatial_stride=self.codec.spatial_stride, scale=self.codec.scale, offset=self.codec.offset
+            ),
+            text_encoder=TextSpec("hash", text_dim=self.text.text_dim, max_tokens=self.text.max_tokens),
+            video=VideoSpec(height=spec.size, width=spec.size, fps=spec.fps),
+            stream=stream,
+            schedule=schedule,
+        )
 
 
 def build_source(section: DataSection, cfg: ModelConfig, stream: StreamConfig, seed: int) -> ClipSource:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,23 +14,6 @@ from .config import ModelSection
 from .distributed import reshard
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A model checkpoint path; a training run folder or one of its step folders means its exported model."""
-    p = Path(path)
-    if (p / "checkpoints").is_dir():  # a run folder: its newest checkpoint
-        from .checkpointing import latest_checkpoint
-
-        step_dir = latest_checkpoint(p / "checkpoints")
-        if step_dir is None:
-            raise FileNotFoundError(f"training run {p} has no checkpoint yet")
-        p = step_dir
-    if (p / "trainer.json").is_file():  # a step folder: the exported model inside it
-        if not (p / "model").is_dir():
-            raise FileNotFoundError(f"{p} is a training checkpoint without an exported model/ (checkpoint.export)")
-        p = p / "model"
-    return p
-
-
 def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict | None]:
     """The trained model in fp32 (master weights), identical on every process (seeded init), and
     the MLA conversion report when the checkpoint was converted."""
@@ -40,9 +22,7 @@ def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict 
     if section.checkpoint is not None:
         from ..checkpoint import load_model
 
-        model = load_model(
-            resolve_checkpoint_path(section.checkpoint), preset=section.preset, which=section.which, dtype=torch.float32
-        )
+        model = load_model(section.checkpoint, preset=section.preset, which=section.which, dtype=torch.float32)
         if section.mla:
             model, report = convert_to_mla(model, section, seed)
     else:
@@ -85,7 +65,7 @@ def load_frozen(path: str, which: str, dtype: torch.dtype) -> CausalWanModel:
     """A teacher: no gradients, stored in the compute dtype (it has no master weights to keep)."""
     from ..checkpoint import load_model
 
-    model = load_model(resolve_checkpoint_path(path), which=which, dtype=dtype)
+    model = load_model(path, which=which, dtype=dtype)
     return freeze(model)
 
 

@@ -29,6 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..model import CausalWanModel
+from ..schedule import SamplingSchedule
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import (
@@ -322,9 +323,12 @@ class Trainer:
         )  # fmt: skip
 
     def export_metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"stream": dataclasses.asdict(self.cfg.stream)}
+        """The exported model's generation metadata (``GenerationSpec`` sections, the sampler included)."""
+        schedule = SamplingSchedule(tuple(self.cfg.schedule.steps), self.cfg.schedule.shift)
         if isinstance(self.source, WorldSource):
-            meta.update(self.source.generation_metadata())
+            meta: dict[str, Any] = self.source.generation_spec(self.cfg.stream, schedule).to_dict()
+        else:  # latents of the Wan VAE: codec, text and video take GenerationSpec's Wan defaults
+            meta = {"stream": dataclasses.asdict(self.cfg.stream), "schedule": schedule.to_dict()}
         meta.update(self.cfg.checkpoint.metadata)
         meta["training"] = {"stage": self.cfg.stage, "step": self.step}
         return meta
