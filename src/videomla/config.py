@@ -34,10 +34,6 @@ class MLAConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"MLA {name} must be positive, got {getattr(self, name)}")
 
-    @property
-    def cached_numbers_per_token(self) -> int:
-        return self.kv_latent_dim + self.rope_head_dim
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -198,7 +194,7 @@ class StreamConfig:
         return self.cached_frames + self.frames_per_chunk
 
 
-# The streaming semantics each family of causal Wan models was trained with (formats-and-peers.md):
+# The streaming semantics each family of causal Wan models was trained with (their public code; docs/generate.md):
 # Self-Forcing / CausVid attend to at most 21 latent frames, no sink, keys roped at absolute
 # positions; LongLive to 12 (3 sink), absolute; Reward Forcing to 9 (3 sink) with keys re-indexed
 # in the window; VideoMLA (the paper) to 1 sink + 6 cached frames, window-relative.

@@ -398,10 +398,6 @@ class PngGridWriter:
         self._seen = 0
         self._closed = False
 
-    @property
-    def sampled_frames(self) -> list[int]:
-        return list(self._wanted)
-
     def write(self, frames: np.ndarray, chunk_start: bool = True) -> None:
         for i in range(len(frames)):
             if self._seen + i in self._wanted_set:

@@ -27,7 +27,6 @@ class AttentionContext:
     key_frame_positions: torch.Tensor  # [Fk] temporal position of each key frame
     height: int  # token grid of a frame
     width: int
-    table_dtype: torch.dtype | None = None  # RoPE tables: None = float64, float32 inside fast_kernels()
     mask: torch.Tensor | None = None  # [Nq, Nk] bool, clip mode only
     key_sources: torch.Tensor | None = None  # clip mode: frame each key frame copies (None = identity)
     stage_slot: int | None = None  # stream mode: first cache slot of the current chunk
@@ -136,7 +135,7 @@ class AttentionContext:
 
         Keyed by the frequencies themselves, so the 30 layers of a model share one set of tables.
         """
-        dtype = self.table_dtype or (torch.float32 if fast_enabled() else torch.float64)
+        dtype = torch.float32 if fast_enabled() else torch.float64  # bf16 activations cannot tell them apart
         key = (tuple(tuple(f.tolist()) for f in rotary.freqs), dtype)
         if key not in self._tables:
             q = rotary.cos_sin(self.query_frame_positions, self.height, self.width, dtype)

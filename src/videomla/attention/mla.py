@@ -40,7 +40,7 @@ FP8_MAX = torch.finfo(FP8).max
 
 
 def absorb_threshold(cfg: MLAConfig, head_dim: int) -> float:
-    """Queries below which absorbing is cheaper (gpu-costs.md).
+    """Queries below which absorbing is cheaper (the FLOP count below; docs/mla.md).
 
     Materialising costs 2 L H d_c (d_nope + d_v) FLOPs per layer (grows with the context L),
     absorbing adds 2 n_q L H (2 d_c - d_nope - d_v) to attention, so absorbing pays only for

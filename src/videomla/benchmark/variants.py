@@ -1,6 +1,6 @@
 """The configurations `videomla bench` compares, side by side, by name.
 
-Dense variants reproduce peers' attention windows (formats-and-peers.md): Self-Forcing attends
+Dense variants reproduce peers' attention windows (docs/generate.md, "Which window runs"): Self-Forcing attends
 to at most 21 latent frames with no sink and keys cached after RoPE at absolute positions;
 LongLive attends to 12 frames (3 sink); Reward Forcing to 9 (3 sink, unroped keys re-indexed in
 the cache). ``la6_sink1`` is the released VideoMLA checkpoint's name read as peers read
