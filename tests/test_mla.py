@@ -67,6 +67,25 @@ def test_materialised_matches_per_head_reference(seed):
     assert rel_err(out, reference) < 1e-5
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_padded_gemm_path_equals_the_naive_path(seed, streaming):
+    """The materialised fast variant (zero-padded W_UK, k_R written in place) is the naive concat-and-attend."""
+    model = tiny_model(preset("tiny").with_mla())
+    stream = StreamConfig(sink_frames=1, window_frames=3)
+    x, t, context = torch.randn(1, 4, 6, 4, 6), torch.full((1,), 400.0), torch.randn(1, 5, 32)
+    outs = {}
+    for path in ("naive", "materialised"):
+        model.set_mla_path(path)
+        with torch.no_grad():
+            if streaming:  # two chunks through the cache
+                cache, text = model.new_cache(stream, 1, 4, 6), model.embed_text(context)
+                chunks = [model.forward_chunk(x[:, :, i : i + 3], t, text, cache, write=True) for i in (0, 3)]
+                outs[path] = torch.cat(chunks, dim=2)
+            else:  # the whole clip under the block mask (training)
+                outs[path] = model(x, t, context, stream)
+    assert rel_err(outs["materialised"], outs["naive"]) < 1e-5
+
+
 @pytest.mark.parametrize("rope_mode", ["absolute", "window-relative"])
 def test_three_paths_agree_when_streaming(seed, rope_mode):
     """Masked clip forward == cached materialised == cached absorbed, with eviction."""

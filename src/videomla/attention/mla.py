@@ -9,14 +9,16 @@ Per token (paper §1.2, Wan2.1-1.3B dims):
     k_h  = [W_UK,h c_KV ; RoPE(k_R)]             v_h = W_UV,h c_KV (128 per head)
     out  = W_O concat_h softmax(q_h k_h^T / sqrt(96 + 32)) v_h
 
-Three ways to compute the same thing, one function each:
+Three ways to compute the same thing, one method each, side by side below:
 
-* :func:`attend_materialised` over a whole clip with the chunk-causal block mask (training);
-* :func:`attend_materialised` over the cache: expand the cached latents to per-head K/V for one
-  layer, then SDPA (fastest at chunk sizes: thousands of queries);
-* :func:`attend_absorbed` over the cache: fold A_h = W_UQ,h^T W_UK,h into the query and
-  B_h = W_O,h W_UV,h into the output, and attend multi-query over the 224-dim latent. It does
-  more FLOPs per query-key pair and only pays when queries are few (see :func:`choose_path`).
+* :meth:`attend_naive`: the equations as written: expand the latents to per-head k_nope and v,
+  concatenate the shared k_R, attend. The reference;
+* :meth:`attend_materialised`: the same expansion as one GEMM against W_UK padded with zero rows
+  at each head's RoPE slots, k_R written into them in place (no concatenation pass); used for
+  whole clips under the block mask (training) and at chunk sizes (thousands of queries);
+* :meth:`attend_absorbed`: fold A_h = W_UQ,h^T W_UK,h into the query and B_h = W_O,h W_UV,h into
+  the output, and attend multi-query over the 224-dim latent. It does more FLOPs per query-key
+  pair and only pays when queries are few (see :func:`choose_path`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..rope import Rotary3D
 from .common import RMSNorm, attend, fusable, rope
 from .context import AttentionContext
 
-MLAPath = Literal["auto", "materialised", "absorbed"]
+MLAPath = Literal["auto", "naive", "materialised", "absorbed"]
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 
@@ -167,6 +169,21 @@ class MLASelfAttention(nn.Module):
         return self._padded[1]
 
     # -- the three paths -----------------------------------------------------------------------
+    def attend_naive(
+        self,
+        q_nope: torch.Tensor,
+        q_rope: torch.Tensor,
+        c: torch.Tensor,
+        kr: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """k_h = [W_UK,h c ; k_R], v_h = W_UV,h c, q_h = [q_nope ; q_rope]: attend. q_rope/kr rotated."""
+        k_nope, v = self.expand_latent(c)  # [B,L,H,dn], [B,L,H,D]
+        k = torch.cat([k_nope, kr[:, :, None, :].expand(-1, -1, self.num_heads, -1)], dim=-1)
+        q = torch.cat([q_nope, q_rope], dim=-1)
+        out = attend(q, k, v, self.scale, mask)
+        return self.o(out.flatten(2))
+
     def attend_materialised(
         self,
         q_nope: torch.Tensor,
@@ -236,4 +253,6 @@ class MLASelfAttention(nn.Module):
         kr = rope(kr, k_cos, k_sin)  # k_R is always kept unrotated: rotate in the window frame
         if path == "absorbed":
             return self.attend_absorbed(cq, q_rope, c, kr, ctx.mask)
+        if path == "naive":
+            return self.attend_naive(q_nope, q_rope, c, kr, ctx.mask)
         return self.attend_materialised(q_nope, q_rope, c, kr, ctx.mask)

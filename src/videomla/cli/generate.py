@@ -82,7 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="assert the checkpoint's attention kind (converts nothing; default: whatever it has)",
     )
     g.add_argument(
-        "--mla-path", choices=("auto", "materialised", "absorbed"), default="auto", help="how MLA layers attend"
+        "--mla-path",
+        choices=("auto", "naive", "materialised", "absorbed"),
+        default="auto",
+        help="how MLA layers attend (naive: the reference)",
     )
     g.add_argument("--kv-fp8", action="store_true", help="store MLA latents in fp8 e4m3 (half the cache)")
     s = p.add_argument_group("streaming window and sampler (default: the checkpoint's)")

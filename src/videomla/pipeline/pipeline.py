@@ -74,8 +74,8 @@ def check_attention(model: CausalWanModel, attention: str | None, mla_path: str 
     """``attention`` converts nothing: it asserts what the checkpoint holds and selects the MLA path."""
     if attention not in (None, "dense", "mla"):
         raise ValueError(f"attention must be 'dense' or 'mla', got {attention!r}")
-    if mla_path not in ("auto", "materialised", "absorbed"):
-        raise ValueError(f"mla_path must be 'auto', 'materialised' or 'absorbed', got {mla_path!r}")
+    if mla_path not in ("auto", "naive", "materialised", "absorbed"):
+        raise ValueError(f"mla_path must be 'auto', 'naive', 'materialised' or 'absorbed', got {mla_path!r}")
     n_mla, n = len(model.mla_layers()), len(model.blocks)
     has = f"MLA attention in {n_mla} of {n} layers" if n_mla else "dense attention in all layers"
     if attention == "dense" and n_mla:
