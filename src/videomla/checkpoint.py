@@ -29,7 +29,7 @@ import re
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +39,7 @@ from .config import preset as named_preset
 from .model import CausalWanModel
 
 Which = Literal["auto", "ema", "generator"]
+WHICH: tuple[str, ...] = get_args(Which)  # the one list of Self-Forcing weight choices
 StateDict = dict[str, torch.Tensor]
 
 FORMAT_VERSION = 1
@@ -697,7 +698,7 @@ def read_checkpoint(path: str | Path, which: Which = "auto") -> tuple[StateDict,
     ``which`` picks Self-Forcing's ``generator_ema`` or ``generator`` (auto: EMA when present);
     metadata then holds ``state``, the one read.
     """
-    if which not in ("auto", "ema", "generator"):
+    if which not in WHICH:
         raise ValueError(f"which must be 'auto', 'ema' or 'generator', got {which!r}")
     source = _detect(path)
     metadata = _metadata(source)

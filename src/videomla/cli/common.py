@@ -152,3 +152,15 @@ def parse_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}") from None
+
+
+def add_which_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--which``: Self-Forcing ``.pt`` files hold ``generator_ema`` and ``generator`` weights."""
+    from ..checkpoint import WHICH
+
+    p.add_argument(
+        "--which",
+        choices=WHICH,
+        default="auto",
+        help="Self-Forcing .pt: generator_ema or generator weights (auto: EMA when present)",
+    )

@@ -16,7 +16,7 @@ from ..checkpoint import load_model, save_model
 from ..config import PRESETS
 from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, mla_config_for, parse_layers
 from ..io_utils import atomic_write_json
-from .common import check_device, check_output_file, check_output_folder, seed_arg
+from .common import add_which_arg, check_device, check_output_file, check_output_folder, seed_arg
 from .rank import table
 
 COLUMNS = [
@@ -51,9 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the proxy tokens and the random init (default 0)")
     p.add_argument("--report", type=Path, help="also write the per-layer report as JSON here")
     p.add_argument("--preset", choices=sorted(PRESETS), help="architecture, if the checkpoint carries no config")
-    p.add_argument(
-        "--which", choices=("auto", "ema", "generator"), default="auto", help="Self-Forcing weights (auto: EMA if any)"
-    )
+    add_which_arg(p)
     p.add_argument("--device", default="cpu", help="device of the conversion (default cpu)")
     p.set_defaults(func=run)
 

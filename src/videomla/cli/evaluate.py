@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds (default 5)")
     p.add_argument("--json", metavar="OUT", help="also write every score to this JSON file")
     p.add_argument(
-        "--json-dir", metavar="DIR", help="also write one JSON per video (every window, overall, drift) as DIR/NAME.EXT.json"
+        "--json-dir",
+        metavar="DIR",
+        help="also write one JSON per video (every window, overall, drift) as DIR/NAME.EXT.json",
     )
     p.set_defaults(func=run)
 
@@ -141,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
         video, file_fps = load_video(path)
         result = evaluate(video, prompt_for(path, args.prompt), fps=args.fps or file_fps, window_seconds=args.window)
         results[str(path)] = result
-        lossy = " (lossy format: scores are exact only on tensors, PNG/GIF or yuv444p video)" if path.suffix.lower() in LOSSY else ""
+        lossy = (
+            " (lossy format: scores are exact only on tensors, PNG/GIF or yuv444p video)"
+            if path.suffix.lower() in LOSSY
+            else ""
+        )
         print(f"{path}: {result.num_frames} frames at {result.fps:g} fps, prompt {result.prompt!r}{lossy}")
         print(result.table())
         print()

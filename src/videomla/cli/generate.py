@@ -18,7 +18,7 @@ import json
 import sys
 
 from ..config import STREAM_PRESETS
-from .common import DTYPES, parse_dtype
+from .common import DTYPES, add_which_arg, parse_dtype
 
 
 def _steps(text: str) -> tuple[int, ...]:
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", metavar="PATH.json", help="also write the run summary as JSON")
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="model checkpoint, run folder or diffusers root (default: the embedded model)")
-    g.add_argument("--which", choices=("auto", "ema", "generator"), default="auto", help="Self-Forcing .pt weights")
+    add_which_arg(g)
     g.add_argument("--vae", help="Wan2.1 VAE folder (diffusers AutoencoderKLWan) for Wan-scale checkpoints")
     g.add_argument(
         "--text-encoder",

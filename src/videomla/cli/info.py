@@ -11,7 +11,7 @@ import torch
 from ..cache import KVFootprint
 from ..config import PRESETS, ModelConfig, preset
 from ..model import CausalWanModel
-from .common import DTYPES, add_stream_args, check_video_size, parse_dtype, stream_from_args
+from .common import DTYPES, add_stream_args, add_which_arg, check_video_size, parse_dtype, stream_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="architecture (default wan2.1-t2v-1.3b); with --checkpoint, used only if the checkpoint carries no config",
     )
     p.add_argument("--attention", choices=("dense", "mla"), help="self-attention of the preset (default dense)")
-    p.add_argument(
-        "--which",
-        choices=("auto", "ema", "generator"),
-        default="auto",
-        help="Self-Forcing .pt: generator_ema or generator weights (auto: EMA when present)",
-    )
+    add_which_arg(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
     p.add_argument("--kv-fp8", action="store_true", help="store MLA latents in fp8 e4m3 with per-token scales")
     p.add_argument("--height", type=int, default=480, help="video height in pixels (default 480)")

@@ -37,7 +37,7 @@ from ..analysis.rank import (
 from ..config import PRESETS, ModelConfig, preset
 from ..io_utils import atomic_file, atomic_write_text
 from ..model import CausalWanModel
-from .common import add_stream_args, check_device, check_output_folder, seed_arg, stream_from_args
+from .common import add_stream_args, add_which_arg, check_device, check_output_folder, seed_arg, stream_from_args
 
 Layers = Iterable[tuple[int, Mapping[str, torch.Tensor]]]
 _STEP_WORDS = re.compile(
@@ -61,9 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="without checkpoints: analyse a random init of this preset; with: their config if they carry none",
     )
     p.add_argument("--attention", choices=("dense", "mla"), help="random-init preset: attention kind (default dense)")
-    p.add_argument(
-        "--which", choices=("auto", "ema", "generator"), default="auto", help="Self-Forcing weights (auto: EMA if any)"
-    )
+    add_which_arg(p)
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of random inits and random inputs (default 0)")
     p.add_argument("--rank", type=int, help="K for 'energy at rank K' (default: the model's d_c, else 192)")
     p.add_argument("--labels", nargs="+", help="display labels, one per checkpoint (or one for the preset)")

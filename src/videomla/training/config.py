@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..checkpoint import Which
 from ..config import StreamConfig
 from ..schedule import DEFAULT_SHIFT, FOUR_STEPS
 
@@ -33,7 +34,7 @@ class ModelSection:
 
     preset: str | None = None  # a random init of this preset; with a checkpoint: used when it carries no config
     checkpoint: str | None = None  # any format videomla.checkpoint.load_model reads, or a training run/step dir
-    which: Literal["auto", "ema", "generator"] = "auto"  # Self-Forcing .pt files: which weights
+    which: Which = "auto"  # Self-Forcing .pt files: which weights
     mla: bool = False  # VideoMLA self-attention: convert the checkpoint (videomla.convert), or a random MLA init
     mla_layers: list[int] | None = None  # layers to convert (None: all)
     mla_init: Literal["svd", "random"] = "svd"  # how a converted checkpoint's MLA projections start
@@ -123,7 +124,7 @@ class TeacherSection:
     """The frozen teacher of stages 2 and 3 (the stage-1 model) and its guidance."""
 
     checkpoint: str | None = None
-    which: Literal["auto", "ema", "generator"] = "auto"
+    which: Which = "auto"
     cfg_scale: float = 3.0
 
 
