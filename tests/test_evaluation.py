@@ -77,16 +77,31 @@ def clip_with(seed: int, min_objects: int = 1) -> ClipParams:
             return p
 
 
+def seen_whole(p: ClipParams, num_frames: int) -> bool:
+    """Every object is fully visible (nothing drawn over it) in at least one frame. An object under
+    another for a whole clip cannot show its shape: the evaluator takes its best partial look, which
+    can be the wrong shape (0.5-0.9 adherence/persistence for such clips, ~1 in 200 random 5 s ones)."""
+    visible, cover = visible_weights(p, num_frames, with_coverage=True)
+    return bool(((cover - visible).flatten(2).amax(-1) < 0.01).any(1).all())
+
+
+def real_clip(seed: int, num_frames: int) -> ClipParams:
+    """A random clip in which every object shows itself whole at least once."""
+    while not seen_whole(p := clip_with(seed), num_frames):
+        seed += 7919
+    return p
+
+
 def test_real_clips_score_near_the_top(seed):
     for i in range(3):
-        p = clip_with(seed + i)
+        p = real_clip(seed + i, 40)
         result = evaluate(render(p, 40), caption(p))
         assert result.overall["overall"] >= REAL_OVERALL, (caption(p), result.table())
         assert min(result.overall[m] for m in METRICS) >= 0.9, (caption(p), result.table())
         assert result.overall["pass_rate"] == 1
 
 
-def visible_weights(p: ClipParams, num_frames: int) -> torch.Tensor:
+def visible_weights(p: ClipParams, num_frames: int, with_coverage: bool = False):
     """[N, T, H, W] how much of each pixel each object contributes to the rendered frame: its own
     coverage times what the objects drawn over it leave uncovered (the renderer's painter's order:
     larger objects first, equal sizes in caption order)."""
@@ -103,7 +118,7 @@ def visible_weights(p: ClipParams, num_frames: int) -> torch.Tensor:
     for k, i in enumerate(order):
         for j in order[k + 1 :]:
             visible[i] = visible[i] * (1 - cover[j])
-    return visible
+    return (visible, torch.stack(cover)) if with_coverage else visible
 
 
 def test_detection_recovers_positions_shapes_and_sizes(seed):

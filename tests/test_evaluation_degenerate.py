@@ -15,6 +15,8 @@ from videomla.data.world import PALETTE, ClipParams, WorldObject, caption, rende
 from videomla.evaluation import METRICS, detect, evaluate
 from videomla.evaluation.degenerate import DEGENERATE, oversized_blobs, recoloured, variants
 
+from test_evaluation import real_clip
+
 REAL = 0.98
 DEGENERATE_MAX = 0.5
 
@@ -29,7 +31,7 @@ def clip_with(seed: int, min_objects: int = 1, max_objects: int = 3) -> ClipPara
 
 def test_degenerate_clips_score_low_and_real_clips_high(seed):
     for k in range(2):
-        p = clip_with(seed + k)
+        p = real_clip(seed + k, 24)  # every object seen whole at least once (see seen_whole)
         made = variants(p, 24, torch.Generator().manual_seed(seed + k))
         real = evaluate(made["real"](), caption(p))
         assert real.overall["overall"] >= REAL, (caption(p), real.table())
