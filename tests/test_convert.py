@@ -20,8 +20,8 @@ from test_streaming import stream_chunks
 from videomla import cli
 from videomla.attention import AttentionContext, DenseSelfAttention
 from videomla.checkpoint import load_model, save_model
-from videomla.config import MLAConfig, StreamConfig, preset
-from videomla.convert import convert_layer, convert_to_mla, mla_config_for, parse_layers, rope_channels
+from videomla.config import MLAConfig, StreamConfig, mla_config, preset
+from videomla.convert import convert_layer, convert_to_mla, parse_layers, rope_channels
 from videomla.rope import Rotary3D
 
 from conftest import rel_err, tiny_model
@@ -75,10 +75,10 @@ def test_rope_channels_are_wans_highest_frequency_pairs():
 
 def test_cli_dims_give_the_papers_split():
     wan = preset("wan2.1-t2v-1.3b")
-    assert mla_config_for(wan) == MLAConfig()
-    cfg = mla_config_for(wan, d_c=256, rope_dim=32)
+    assert mla_config(wan) == MLAConfig()
+    cfg = mla_config(wan, kv_latent_dim=256, rope_head_dim=32)
     assert (cfg.rope_pairs, cfg.nope_head_dim, cfg.kv_latent_dim) == ((6, 5, 5), 96, 256)
-    assert mla_config_for(wan, rope_dim=16).rope_pairs == (3, 3, 2)
+    assert mla_config(wan, rope_head_dim=16).rope_pairs == (3, 3, 2)
     assert parse_layers("all", 3) == (0, 1, 2)
     assert parse_layers("0-2, 5,7", 8) == (0, 1, 2, 5, 7)
 
@@ -86,9 +86,7 @@ def test_cli_dims_give_the_papers_split():
 # -- full rank: what is exact ---------------------------------------------------------------------------
 def test_full_rank_reproduces_queries_content_keys_and_operators(seed):
     model = tiny_model(dtype=F64)
-    new, report = convert_to_mla(
-        model, mla_config_for(model.config, 64, 64), generator=gen(seed), calibration_tokens=CAL
-    )
+    new, report = convert_to_mla(model, mla_config(model.config, 64, 64), generator=gen(seed), calibration_tokens=CAL)
     x = fresh_tokens(2, 40, dtype=F64)
     for i, rep in enumerate(report.layers):
         dense, mla = model.blocks[i].self_attn, new.blocks[i].self_attn
@@ -118,7 +116,7 @@ def test_full_rank_reproduces_queries_content_keys_and_operators(seed):
 
 def test_full_rank_without_latent_norm_reproduces_values(seed):
     model = tiny_model(dtype=F64)
-    mla_cfg = mla_config_for(model.config, 64, 64, latent_norm=False)
+    mla_cfg = mla_config(model.config, 64, 64, latent_norm=False)
     new, report = convert_to_mla(model, mla_cfg, generator=gen(seed), calibration_tokens=CAL)
     x = fresh_tokens(2, 40, dtype=F64)
     for i, rep in enumerate(report.layers):
@@ -195,9 +193,7 @@ def truncated(m: np.ndarray, k: int) -> np.ndarray:
 def test_lower_rank_is_the_truncated_svd_of_the_reported_operators(seed):
     model = tiny_model()
     d_c, d_q = 16, 24
-    new, report = convert_to_mla(
-        model, mla_config_for(model.config, d_c, d_q), generator=gen(seed), calibration_tokens=CAL
-    )
+    new, report = convert_to_mla(model, mla_config(model.config, d_c, d_q), generator=gen(seed), calibration_tokens=CAL)
     for i, rep in enumerate(report.layers):
         dense, mla = model.blocks[i].self_attn, new.blocks[i].self_attn
         w = {n: getattr(dense, n).weight.detach().double().numpy() for n in "qkv"}
@@ -226,7 +222,7 @@ def test_errors_fall_as_the_latent_grows(seed):
     model = tiny_model()
     reports = []
     for d_c in (8, 16, 32, 48):
-        mla_cfg = mla_config_for(model.config, d_c, 32)
+        mla_cfg = mla_config(model.config, d_c, 32)
         reports.append(convert_to_mla(model, mla_cfg, generator=gen(seed), calibration_tokens=CAL)[1])
     for layer in range(2):
         per_dc = [r.layers[layer] for r in reports]
@@ -240,7 +236,7 @@ def test_errors_fall_as_the_latent_grows(seed):
 # -- random init, partial conversion --------------------------------------------------------------------
 def test_random_init_runs_and_reports(seed):
     model = tiny_model()
-    mla_cfg = mla_config_for(model.config)
+    mla_cfg = mla_config(model.config)
     new, report = convert_to_mla(model, mla_cfg, init="random", generator=gen(seed), calibration_tokens=CAL)
     again, _ = convert_to_mla(model, mla_cfg, init="random", generator=gen(seed), calibration_tokens=CAL)
     _, svd_report = convert_to_mla(model, mla_cfg, generator=gen(seed), calibration_tokens=CAL)
@@ -288,7 +284,7 @@ def test_api_bad_inputs(seed):
     with pytest.raises(ValueError, match="already MLA"):
         convert_to_mla(half, layers=[0])
     with pytest.raises(ValueError, match="one MLAConfig"):
-        convert_to_mla(half, mla_config_for(model.config, d_c=16), layers=[1])
+        convert_to_mla(half, mla_config(model.config, kv_latent_dim=16), layers=[1])
 
 
 def test_given_calibration_is_used(seed):
@@ -316,7 +312,7 @@ def test_cli_end_to_end(seed, tmp_path, capsys, convert_cli):
     loaded = load_model(tmp_path / "mla")
     assert loaded.config.mla_layers == (0,) and loaded.config.mla.kv_latent_dim == 16
     expected, report = convert_to_mla(
-        model, mla_config_for(model.config, d_c=16), (0,), generator=gen(3), calibration_tokens=CAL
+        model, mla_config(model.config, kv_latent_dim=16), (0,), generator=gen(3), calibration_tokens=CAL
     )
     for key, value in expected.state_dict().items():
         assert torch.allclose(loaded.state_dict()[key], value, atol=1e-6), key
@@ -328,8 +324,8 @@ def test_cli_end_to_end(seed, tmp_path, capsys, convert_cli):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dc", "0"], "d_c (--dc) must be in 1..64"),
-        (["--dq", "65"], "d_q (--dq) must be in 1..64"),
+        (["--dc", "0"], "d_c (--dc, kv_latent_dim) must be in 1..64"),
+        (["--dq", "65"], "d_q (--dq, q_latent_dim) must be in 1..64"),
         (["--layers", "0-5"], "layer 5 is outside 0..1"),
         (["--layers", "x"], "cannot read 'x'"),
         (["--rope-dim", "32"], "NoPE head dim = head dim 32 - RoPE dim 32 = 0"),

@@ -23,7 +23,7 @@ from videomla.analysis.rank import (
     weight_spectra,
 )
 from videomla.attention import DenseSelfAttention, MLASelfAttention
-from videomla.config import StreamConfig, default_mla_for, preset
+from videomla.config import StreamConfig, mla_config, preset
 
 from conftest import rel_err, tiny_model
 
@@ -110,7 +110,7 @@ def test_product_singular_values_match_full_svd(seed: int, m: int, r: int, n: in
 
 def test_composed_mla_operator_is_what_the_layer_computes(seed: int) -> None:
     """[W_UK; W_UV] diag(g) W_DKV x, scaled by the RMS of W_DKV x, is the layer's [k_nope; v] (biases off)."""
-    cfg = default_mla_for(preset("tiny"))
+    cfg = mla_config(preset("tiny"))
     attn = MLASelfAttention(64, 2, cfg).double()
     with torch.no_grad():
         for name, p in attn.named_parameters():
@@ -172,7 +172,7 @@ def test_random_mla_fills_its_latent_budget(seed: int) -> None:
     the bottom 8 directions hold >= 8 x 0.086 / 64 > 1%, so r_0.99 >= 57 of 64 (seen: 59 or 60).
     """
     base = preset("tiny")
-    cfg = base.with_mla(dataclasses.replace(default_mla_for(base), kv_latent_dim=16))
+    cfg = base.with_mla(dataclasses.replace(mla_config(base), kv_latent_dim=16))
     spectra = {(s.layer, s.operator): s for s in weight_spectra(random_init_layers(cfg))}
     for layer in range(cfg.num_layers):
         kv = spectra[(layer, "kv")]

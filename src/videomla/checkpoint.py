@@ -223,7 +223,7 @@ def detect_mla(state: Mapping[str, torch.Tensor]) -> tuple[MLAConfig | None, tup
     """(MLA dims, MLA layers, heads) read from ``blocks.N.self_attn.kv_down`` & co; (None, (), None) if dense.
 
     RoPE pairs are not visible in shapes: they are assumed split over (t, h, w) the way
-    :func:`~videomla.config.default_mla_for` does, which gives the paper's (6, 5, 5) for 32 channels.
+    :func:`~videomla.config.mla_config` does, which gives the paper's (6, 5, 5) for 32 channels.
     """
     layers = sorted(
         int(m[1]) for k in state if (m := re.fullmatch(r"blocks\.(\d+)\.self_attn\.kv_down\.weight", k)) is not None

@@ -84,7 +84,7 @@ class ModelConfig:
 
     def with_mla(self, mla: MLAConfig | None = None, layers: tuple[int, ...] | None = None) -> ModelConfig:
         """The same model with MLA self-attention in ``layers`` (default: every layer)."""
-        mla = mla or default_mla_for(self)
+        mla = mla or mla_config(self)
         layers = tuple(range(self.num_layers)) if layers is None else tuple(sorted(set(layers)))
         return dataclasses.replace(self, mla=mla, mla_layers=layers)
 
@@ -114,7 +114,43 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def default_mla_for(cfg: ModelConfig) -> MLAConfig:
+def mla_config(
+    cfg: ModelConfig,
+    kv_latent_dim: int | None = None,
+    q_latent_dim: int | None = None,
+    rope_head_dim: int | None = None,
+    latent_norm: bool = True,
+) -> MLAConfig:
+    """The one way to size VideoMLA for ``cfg``: its own MLA config, else the paper's ratios
+    (:func:`_paper_ratios`), overridden where given. ``rope_head_dim`` channels become (t, h, w)
+    pairs the way (6, 5, 5) shares 16; the NoPE width is the head size minus it."""
+    base = cfg.mla or _paper_ratios(cfg)
+    rope = base.rope_head_dim if rope_head_dim is None else rope_head_dim
+    if rope <= 0 or rope % 2:
+        raise ValueError(f"the RoPE dim (rope_head_dim, --rope-dim) must be a positive even number, got {rope}")
+    nope = cfg.head_dim - rope
+    if nope <= 0:
+        raise ValueError(f"NoPE head dim = head dim {cfg.head_dim} - RoPE dim {rope} = {nope}; it must be positive")
+    axes = rope_axis_dims(cfg.head_dim)
+    pairs = base.rope_pairs if rope == base.rope_head_dim else _split_pairs(rope // 2, tuple(a // 2 for a in axes))
+    d_c = base.kv_latent_dim if kv_latent_dim is None else kv_latent_dim
+    d_q = base.q_latent_dim if q_latent_dim is None else q_latent_dim
+    _check_widths(d_c, d_q, cfg.dim)
+    return MLAConfig(d_c, d_q, nope, rope, pairs, latent_norm)
+
+
+def check_latent_widths(mla: MLAConfig, dim: int) -> None:
+    """Latents wider than the model hold nothing new ([W_K; W_V] and W_Q have rank <= width)."""
+    _check_widths(mla.kv_latent_dim, mla.q_latent_dim, dim)
+
+
+def _check_widths(d_c: int, d_q: int, dim: int) -> None:
+    for name, value in (("d_c (--dc, kv_latent_dim)", d_c), ("d_q (--dq, q_latent_dim)", d_q)):
+        if not 0 < value <= dim:
+            raise ValueError(f"{name} must be in 1..{dim} (the model width), got {value}")
+
+
+def _paper_ratios(cfg: ModelConfig) -> MLAConfig:
     """Paper defaults at Wan width; scaled by width/1536 (and head_dim/128) for smaller models."""
     if cfg.dim == 1536 and cfg.head_dim == 128:
         return MLAConfig()
@@ -267,7 +303,7 @@ __all__ = [
     "MLAConfig",
     "ModelConfig",
     "StreamConfig",
-    "default_mla_for",
+    "mla_config",
     "preset",
     "rope_axis_dims",
     "stream_preset",

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from .analysis.rank import energy_at
 from .attention import AttentionContext, DenseSelfAttention, MLASelfAttention
 from .checkpoint import model_from_state
-from .config import MLAConfig, ModelConfig, StreamConfig, _split_pairs, default_mla_for, rope_axis_dims
+from .config import MLAConfig, ModelConfig, StreamConfig, check_latent_widths, mla_config, rope_axis_dims
 from .model import CausalWanModel, modulate
 from .schedule import warp_steps
 
@@ -64,39 +64,6 @@ _SINGULAR = 1e-20  # eigenvalue of C^2 below this x the largest: the latent lose
 
 
 # -- configuration -------------------------------------------------------------------------------
-def mla_config_for(
-    cfg: ModelConfig,
-    d_c: int | None = None,
-    d_q: int | None = None,
-    rope_dim: int | None = None,
-    latent_norm: bool = True,
-) -> MLAConfig:
-    """MLA dims for ``cfg``: its own MLA config or :func:`default_mla_for`, overridden where given.
-
-    ``rope_dim`` channels become (t, h, w) pairs the way (6, 5, 5) shares 16; NoPE = head - rope.
-    """
-    base = cfg.mla or default_mla_for(cfg)
-    rope = base.rope_head_dim if rope_dim is None else rope_dim
-    if rope <= 0 or rope % 2:
-        raise ValueError(f"the RoPE dim (--rope-dim) must be a positive even number (channel pairs), got {rope}")
-    nope = cfg.head_dim - rope
-    if nope <= 0:
-        raise ValueError(f"NoPE head dim = head dim {cfg.head_dim} - RoPE dim {rope} = {nope}; it must be positive")
-    axes = rope_axis_dims(cfg.head_dim)
-    pairs = base.rope_pairs if rope == base.rope_head_dim else _split_pairs(rope // 2, tuple(a // 2 for a in axes))
-    d_c = base.kv_latent_dim if d_c is None else d_c
-    d_q = base.q_latent_dim if d_q is None else d_q
-    _check_latent("d_c (--dc)", d_c, cfg.dim)
-    _check_latent("d_q (--dq)", d_q, cfg.dim)
-    return MLAConfig(d_c, d_q, nope, rope, pairs, latent_norm)
-
-
-def _check_latent(name: str, value: int, dim: int) -> None:
-    # beyond the width the latent holds nothing new: [W_K; W_V] and W_Q have rank <= width
-    if not 0 < value <= dim:
-        raise ValueError(f"{name} must be in 1..{dim} (the model width), got {value}")
-
-
 def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:
     """'all' | '0-14' | '0,3,5' | '0-3,7' -> sorted layer indices, each checked against the model."""
     if spec.strip() == "all":
@@ -383,8 +350,7 @@ def convert_layer(
         raise ValueError(f"unknown init {init!r}; choose from {list(INITS)}")
     dim, heads = dense.q.in_features, dense.num_heads
     _check_tokens(tokens, dim, layer)
-    _check_latent("d_c", mla_cfg.kv_latent_dim, dim)
-    _check_latent("d_q", mla_cfg.q_latent_dim, dim)
+    check_latent_widths(mla_cfg, dim)
     dense64 = copy.deepcopy(dense).to(F64)
     device = dense.q.weight.device
     mla = MLASelfAttention(dim, heads, mla_cfg, dense.norm_q.eps, theta).to(device=device, dtype=F64)
@@ -481,7 +447,7 @@ def convert_to_mla(
 ) -> tuple[CausalWanModel, ConversionReport]:
     """A copy of ``model`` with MLA self-attention in ``layers`` (default all), and the report.
 
-    ``mla_cfg``: default the model's own MLA config, else :func:`~videomla.config.default_mla_for`.
+    ``mla_cfg``: default :func:`~videomla.config.mla_config` (the model's own, else the paper's ratios).
     ``calibration``: {layer: self-attention inputs [B, F, H, W, dim]} captured from real runs;
     default the proxy of :func:`proxy_activations` (about ``calibration_tokens`` tokens per layer).
     ``generator`` seeds the proxy tokens and the random init. Every other tensor is cloned unchanged.
@@ -489,11 +455,10 @@ def convert_to_mla(
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose from {list(INITS)}")
     cfg = model.config
-    mla_cfg = mla_cfg or cfg.mla or default_mla_for(cfg)
+    mla_cfg = mla_cfg or mla_config(cfg)
     chosen = _check_layers(cfg, layers, mla_cfg)
     new_cfg = dataclasses.replace(cfg, mla=mla_cfg, mla_layers=tuple(sorted(set(cfg.mla_layers) | set(chosen))))
-    for name, value in (("d_c", mla_cfg.kv_latent_dim), ("d_q", mla_cfg.q_latent_dim)):
-        _check_latent(name, value, cfg.dim)
+    check_latent_widths(mla_cfg, cfg.dim)
     if calibration is None:
         side = calibration_side(calibration_tokens)
         described: dict[str, Any] = {
@@ -535,7 +500,6 @@ __all__ = [
     "factor",
     "kv_operator",
     "layer_errors",
-    "mla_config_for",
     "parse_layers",
     "proxy_activations",
     "q_operator",

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model, save_model
-from ..config import PRESETS
-from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, mla_config_for, parse_layers
+from ..config import PRESETS, mla_config
+from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, parse_layers
 from ..io_utils import atomic_write_json
 from .common import add_which_arg, check_device, check_output_file, check_output_folder, seed_arg
 from .rank import table
@@ -37,9 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", metavar="DST", type=Path, help="output videomla checkpoint folder")
     p.add_argument("--attention", choices=("mla",), default="mla", help="target attention (default mla)")
     p.add_argument("--init", choices=INITS, default="svd", help="svd (from the dense weights) or random (default svd)")
-    p.add_argument("--dc", type=int, help="KV latent width d_c (default: paper's 192 at Wan width, scaled otherwise)")
-    p.add_argument("--dq", type=int, help="query latent width d_q (default 768 at Wan width, scaled otherwise)")
-    p.add_argument("--rope-dim", type=int, help="RoPE channels per head (default 32 = (6,5,5) pairs at head 128)")
+    p.add_argument(
+        "--kv-latent-dim",
+        "--dc",
+        dest="dc",
+        type=int,
+        help="KV latent width d_c (MLAConfig.kv_latent_dim; default: paper's 192 at Wan width, scaled otherwise)",
+    )
+    p.add_argument(
+        "--q-latent-dim",
+        "--dq",
+        dest="dq",
+        type=int,
+        help="query latent width d_q (MLAConfig.q_latent_dim; default 768 at Wan width, scaled otherwise)",
+    )
+    p.add_argument(
+        "--rope-head-dim", "--rope-dim", dest="rope_dim", type=int,
+        help="RoPE channels per head (MLAConfig.rope_head_dim; default 32 = (6,5,5) pairs at head 128)",
+    )  # fmt: skip
     p.add_argument("--no-latent-norm", action="store_true", help="no RMSNorm on c_KV / c_Q (paper: with)")
     p.add_argument("--layers", default="all", help="layers to convert: all, 0-14, 0,3,5 or 0-3,7 (default all)")
     p.add_argument(
@@ -75,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"DST {args.dst} is SRC: write the converted model to a new folder")
     model = load_model(args.src, preset=args.preset, which=args.which, device=device)
     cfg = model.config
-    mla = mla_config_for(cfg, args.dc, args.dq, args.rope_dim, latent_norm=not args.no_latent_norm)
+    mla = mla_config(cfg, args.dc, args.dq, args.rope_dim, latent_norm=not args.no_latent_norm)
     layers = parse_layers(args.layers, cfg.num_layers)
     generator = torch.Generator().manual_seed(args.seed)
     converted, report = convert_to_mla(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import MLAConfig, ModelConfig, preset
+from ..config import MLAConfig, ModelConfig, mla_config, preset
 from ..model import CausalWanModel
 from .config import ModelSection
 from .distributed import reshard
@@ -54,11 +54,7 @@ def convert_to_mla(model: CausalWanModel, section: ModelSection, seed: int) -> t
 
 def mla_dims(cfg: ModelConfig, section: ModelSection) -> MLAConfig:
     """The MLA dimensions a config section asks for (the paper's ratios where it is silent)."""
-    from ..convert import mla_config_for
-
-    return mla_config_for(
-        cfg, d_c=section.mla_kv_latent_dim, d_q=section.mla_q_latent_dim, rope_dim=section.mla_rope_head_dim
-    )
+    return mla_config(cfg, section.mla_kv_latent_dim, section.mla_q_latent_dim, section.mla_rope_head_dim)
 
 
 def load_frozen(path: str, which: str, dtype: torch.dtype) -> CausalWanModel:
