@@ -526,7 +526,7 @@ class Bench:
         return float((fast - ref).norm() / ref.norm())
 
 
-def build_model(setup: BenchSetup, attention: str) -> CausalWanModel:
+def random_model(setup: BenchSetup, attention: str) -> CausalWanModel:
     """Random weights at the benchmark dtype, built directly on the device."""
     with torch.device(setup.torch_device):
         model = CausalWanModel(setup.model_config(attention))
@@ -553,7 +553,7 @@ def run_bench(
         group = [v for v in variants if v.attention == attention and v.compute == compute]
         if not group:
             continue
-        model = build_model(setup, attention)
+        model = random_model(setup, attention)
         compute_error = None
         if compute != "bf16":  # the same weights before and after: the error fp8 compute costs
             reference = copy.deepcopy(model)

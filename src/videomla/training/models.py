@@ -14,7 +14,7 @@ from .config import ModelSection
 from .distributed import reshard
 
 
-def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict | None]:
+def build_trained_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict | None]:
     """The trained model in fp32 (master weights), identical on every process (seeded init), and
     the MLA conversion report when the checkpoint was converted."""
     torch.manual_seed(seed)
@@ -24,7 +24,7 @@ def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict 
 
         model = load_model(section.checkpoint, preset=section.preset, which=section.which, dtype=torch.float32)
         if section.mla:
-            model, report = convert_to_mla(model, section, seed)
+            model, report = convert_section(model, section, seed)
     else:
         assert section.preset is not None  # ModelSection validated it
         cfg = preset(section.preset)
@@ -35,7 +35,7 @@ def build_model(section: ModelSection, seed: int) -> tuple[CausalWanModel, dict 
     return model.float().train(), report
 
 
-def convert_to_mla(model: CausalWanModel, section: ModelSection, seed: int) -> tuple[CausalWanModel, dict]:
+def convert_section(model: CausalWanModel, section: ModelSection, seed: int) -> tuple[CausalWanModel, dict]:
     """Dense -> VideoMLA self-attention (SVD or random init of the new projections)."""
     from ..convert import convert_to_mla as convert
 

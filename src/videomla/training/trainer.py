@@ -45,7 +45,7 @@ from .data import (
 )
 from .distributed import DistInfo, init_distributed, mean_tensor_over_ranks, shard, shutdown
 from .metrics import MetricsLogger
-from .models import EMA, build_model, enable_activation_checkpointing, load_frozen, trainable_copy
+from .models import EMA, build_trained_model, enable_activation_checkpointing, load_frozen, trainable_copy
 from .rng import StepRNG
 from .stages import ConsistencyStage, DMDStage, Stage, TeacherForcingStage
 
@@ -85,7 +85,7 @@ class Trainer:
         self.device = self.info.device
         self.compute_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
-        self._generator, conversion = build_model(cfg.model, cfg.seed)
+        self._generator, conversion = build_trained_model(cfg.model, cfg.seed)
         self.source = build_source(cfg.data, self._generator.config, cfg.stream, cfg.seed)
         self.device_data = self._renders_on_device()
         self._loader = ThreadPoolExecutor(max_workers=cfg.data.workers) if cfg.data.workers > 1 else _Serial()
