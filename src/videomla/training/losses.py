@@ -13,13 +13,11 @@ chunk and held constant over the chunk's frames.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..cache import StreamingCache
 from ..config import StreamConfig
 from ..model import CausalWanModel
 from ..schedule import add_noise, shift_sigma, sigma_of, to_x0
@@ -155,21 +153,6 @@ def consistency_loss(
 
 
 # -- stage 3 ---------------------------------------------------------------------------------------
-def fork_cache(cache: StreamingCache) -> StreamingCache:
-    """A cache sharing the window bookkeeping but with private buffers.
-
-    The step that keeps gradients stages its keys into the fork: autograd then holds buffers
-    that the cache-writing pass (which overwrites the same slots in place) never touches.
-    """
-    fork = copy.copy(cache)
-    fork.layers = []
-    for layer in cache.layers:
-        twin = copy.copy(layer)
-        twin.buffers = {k: b.clone() for k, b in layer.buffers.items()}
-        fork.layers.append(twin)
-    return fork
-
-
 def rollout(
     generator: CausalWanModel,
     context: torch.Tensor,
@@ -206,7 +189,9 @@ def rollout(
             keep = grad and i == exits[k]
             with torch.set_grad_enabled(keep):
                 tb = torch.full((b,), float(t), device=device, dtype=torch.float64)
-                velocity = generator.forward_chunk(x, tb, text, fork_cache(cache) if keep else cache)
+                # the step that keeps gradients stages into private buffers (cache.clone()), which the
+                # cache-writing pass, overwriting the same slots in place, never touches
+                velocity = generator.forward_chunk(x, tb, text, cache.clone() if keep else cache)
                 x0 = to_x0(x, velocity.to(x.dtype), sigma_of(t))
             if i < exits[k]:
                 noise = rng.randn(f"{purpose}/noise/{k}/{i + 1}", chunk_shape)
