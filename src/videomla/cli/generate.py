@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="model checkpoint, run folder or diffusers root (default: the embedded model)")
     add_which_arg(g)
+    g.add_argument("--lora", help="a LoRA file merged into the weights (LongLive's lora.pt: peft lora_A/lora_B)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (scale alpha / rank; default alpha = rank)")
     g.add_argument("--vae", help="Wan2.1 VAE folder (diffusers AutoencoderKLWan) for Wan-scale checkpoints")
     g.add_argument(
         "--text-encoder",
@@ -201,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         shard=shard,
         compute=args.compute,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
     )
     leader = shard is None or shard.rank == 0  # with sequence parallelism rank 0 writes and reports
     for request, summary_path in jobs:

@@ -29,6 +29,7 @@ from ..checkpoint import load_metadata, load_model, resolve_checkpoint
 from ..codecs import PixelCodec, VideoCodec, WanVAECodec
 from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
 from ..engine.threads import set_cpu_threads
+from ..lora import merge_lora
 from ..model import CausalWanModel
 from ..parallel import TokenShard
 from ..quant import FP8Linear, set_compute
@@ -219,6 +220,8 @@ class Pipeline:
         offload_text_encoder: bool = False,
         shard: TokenShard | None = None,
         compute: str = "bf16",
+        lora: str | Path | None = None,
+        lora_alpha: float | None = None,
     ) -> Pipeline:
         """Load a checkpoint (None: the embedded default) with the codec and text encoder its metadata names.
 
@@ -227,7 +230,9 @@ class Pipeline:
         latents in fp8. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU. ``threads``: CPU
         threads (None: :func:`~videomla.engine.threads.choose_threads`'s rule). ``offload_text_encoder``
         keeps UMT5 on the CPU except while it encodes prompts (about 11 GB less accelerator memory).
-        ``compute="fp8"`` runs the blocks' linear layers in e4m3 (:mod:`videomla.quant`).
+        ``compute="fp8"`` runs the blocks' linear layers in e4m3 (:mod:`videomla.quant`). ``lora``: a
+        LoRA file (LongLive's ``lora.pt``, peft naming) merged into the weights, scaled by
+        ``lora_alpha / rank`` (default alpha = rank, LongLive's).
         """
         path, spec = resolve_spec(checkpoint, vae, text_encoder)
         device = resolve_device(device)
@@ -237,6 +242,8 @@ class Pipeline:
         umt5 = spec.text_encoder.type == "umt5"
         encoder = build_text_encoder(spec.text_encoder, None, device, dtype) if umt5 else None
         model = load_model(path, which=which, device=device, dtype=dtype)
+        if lora is not None:
+            merge_lora(model, lora, lora_alpha)
         if device.type == "cpu":
             set_cpu_threads(threads, model)
         check_attention(model, attention, mla_path)
