@@ -435,3 +435,15 @@ def test_mla_conversion_of_a_dense_checkpoint_trains_and_exports(workspace: dict
     assert report["init"] == "svd" and [layer["layer"] for layer in report["layers"]] == [1]
     exported = load_model(resolve_checkpoint(tmp_path / "run"))
     assert exported.config.mla_layers == (1,) and len(exported.mla_layers()) == 1
+
+
+def test_bundled_configs_resolve_by_name(capsys) -> None:
+    """The configs ship in the package: `videomla train world-1-teacher-forcing` works after pip install."""
+    from videomla.cli import main
+    from videomla.cli.train import BUNDLED, bundled_config
+
+    assert Path(bundled_config("world-1-teacher-forcing")) == BUNDLED / "world-1-teacher-forcing.yaml"
+    assert bundled_config("./my.yaml") == "./my.yaml"  # a path stays a path
+    assert main(["train", "--list-configs"]) == 0
+    listed = capsys.readouterr().out
+    assert all(p.stem in listed for p in BUNDLED.glob("*.yaml")) and "world-teacher" in listed

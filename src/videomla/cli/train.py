@@ -16,7 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train one stage of teacher forcing -> consistency distillation -> DMD from a YAML config. "
         "Runs as one process on CPU or one GPU, or under torchrun with FSDP2 over all processes.",
     )
-    p.add_argument("config", help="YAML training config (see configs/ and docs/train.md)")
+    p.add_argument(
+        "config",
+        help="YAML training config: a path, or the name of a bundled one (e.g. world-1-teacher-forcing; "
+        "`videomla train --list-configs`); see docs/train.md",
+        nargs="?",
+    )
+    p.add_argument("--list-configs", action="store_true", help="list the configs installed with videomla and exit")
     p.add_argument("--out", help="run folder: checkpoints/, metrics.csv, config.yaml (default: the config's out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto (overrides the config's device)")
@@ -31,6 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+BUNDLED = Path(__file__).resolve().parent.parent / "configs"  # configs/ of the repo, shipped in the wheel
+
+
+def bundled_config(name: str) -> str:
+    """A path as given, else a bundled config of that name (``world-1-teacher-forcing[.yaml]``)."""
+    if Path(name).exists() or "/" in name:
+        return name
+    candidate = BUNDLED / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return str(candidate) if candidate.is_file() else name
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.config import load_config
     from ..training.trainer import train
@@ -38,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
-    cfg = load_config(args.config, overrides)
+    if args.list_configs:
+        for path in sorted(BUNDLED.glob("*.yaml")):
+            print(f"{path.stem:32s} {path}")
+        return 0
+    if args.config is None:
+        raise ValueError("give a training config (a YAML path or a bundled name: --list-configs)")
+    cfg = load_config(bundled_config(args.config), overrides)
     out = args.out or cfg.out_dir
     if not out:
         raise ValueError("no run folder: pass --out DIR or set out_dir in the config")
