@@ -176,3 +176,16 @@ def test_text_encoder_offload_moves_it_only_around_encoding(pipe, monkeypatch, s
     monkeypatch.setattr(pipe, "offload_text_encoder", True)
     list(pipe.stream("a red ball", 0.5, seed=seed))
     assert moves == ["cpu", "cpu"]  # to the model's device (cpu here) to encode, then back to cpu
+
+
+def test_generate_warns_when_its_iterator_is_dropped_unused(ckpt, tmp_path):
+    import gc
+
+    import videomla
+
+    stream = videomla.generate("a red ball", 1, ckpt, out=tmp_path / "v.gif", device="cpu")
+    with pytest.warns(RuntimeWarning, match=r"never iterated: nothing was generated; .*v.gif was not written"):
+        del stream
+        gc.collect()
+    used = videomla.generate("a red ball", 0.5, ckpt, device="cpu")
+    assert len(list(used)) == 2  # iterated: no warning, frames as before

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -548,7 +549,8 @@ def generate(
 
     ``request`` holds :meth:`GenerationRequest.build`'s keyword arguments; they are validated
     (with the output path and format) before the model loads. Build a :class:`Pipeline` once to
-    generate several videos.
+    generate several videos. Nothing runs until the iterator is iterated; one dropped unused
+    (``videomla.generate(..., out="a.mp4")`` alone) warns that nothing was written.
     """
     _, spec = resolve_spec(checkpoint, vae, text_encoder)
     checked = GenerationRequest.build(spec, prompt, seconds, out=out, **request)
@@ -563,4 +565,29 @@ def generate(
         which=which,
         options=options,
     )
-    return pipe.run(dataclasses.replace(checked, spec=pipe.spec))
+    return LazyStream(pipe.run(dataclasses.replace(checked, spec=pipe.spec)), checked.out)
+
+
+class LazyStream(Iterator[FrameChunk]):
+    """The iterator :func:`generate` returns: warns if it is dropped without ever being iterated."""
+
+    def __init__(self, chunks: Iterator[FrameChunk], out: Path | None):
+        self._chunks, self._out, self._started = chunks, out, False
+
+    def __next__(self) -> FrameChunk:
+        self._started = True
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._started = True
+        self._chunks.close()  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        if not self._started:
+            where = f"; {self._out} was not written" if self._out is not None else ""
+            warnings.warn(
+                f"videomla.generate() returned an iterator that was never iterated: nothing was generated{where}. "
+                "Iterate it (for chunk in videomla.generate(...)), or call a Pipeline for the whole video at once.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
