@@ -189,3 +189,16 @@ def test_generate_warns_when_its_iterator_is_dropped_unused(ckpt, tmp_path):
         gc.collect()
     used = videomla.generate("a red ball", 0.5, ckpt, device="cpu")
     assert len(list(used)) == 2  # iterated: no warning, frames as before
+
+
+def test_cli_continues_a_video_file(ckpt, tmp_path):
+    first, second, summary = tmp_path / "a.gif", tmp_path / "b.gif", tmp_path / "b.json"
+    base = ["generate", "--checkpoint", str(ckpt), "--prompt", "a red ball", "--quiet"]
+    assert main([*base, "--seconds", "2", "--seed", "1", "--out", str(first)]) == 0
+    assert (
+        main([*base, "--seconds", "1", "--continue-from", str(first), "--out", str(second), "--summary", str(summary)])
+        == 0
+    )
+    data = json.loads(summary.read_text())
+    assert data["frames"] == 8 and data["run"]["context_frames"] == 15  # the last 5 whole chunks of 16 frames
+    assert main([*base, "--seconds", "1", "--continue-from", str(tmp_path / "none.mp4"), "--out", str(second)]) == 2

@@ -14,6 +14,7 @@ override single fields.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -61,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'switch_frame_indices': [...]}) file; one video per entry into --out-dir",
     )
     p.add_argument("--out-dir", help="batch mode: folder for the videos and their .json sidecars")
+    p.add_argument(
+        "--continue-from",
+        metavar="VIDEO",
+        help="continue this video (mp4/gif at the model's size): its last whole chunks fill the cache first",
+    )
     p.add_argument("--num-samples", type=int, default=1, help="batch mode: videos per prompt entry (default 1)")
     p.add_argument("--format", choices=("mp4", "gif", "png-grid"), help="output format (default: from --out's suffix)")
     p.add_argument("--grid-frames", type=int, default=16, help="frames sampled into a png-grid (default 16)")
@@ -182,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
         if mode == "batch":
             raise ValueError("--sequence-parallel splits one stream; a --prompt-file batch is shared out by torchrun")
         shard = _init_sequence_parallel(args)
+    if args.continue_from:
+        if mode == "batch":
+            raise ValueError("--continue-from continues one video; it does not go with --prompt-file")
+        options_of_request["context"] = _read_context(args.continue_from, spec, args.frames_per_chunk)
     if mode == "single":
         jobs = [(build([parse_prompt(arg) for arg in args.prompt], args.out, args.seed), args.summary)]
     else:
@@ -238,6 +248,34 @@ def _init_sequence_parallel(args: argparse.Namespace):
     from ..parallel import init_from_torchrun
 
     return init_from_torchrun(torch.cuda.is_available() and args.device != "cpu")
+
+
+def _read_context(path: str, spec, frames_per_chunk: int | None):
+    """The video's last frames that make whole chunks (the cache holds only the latest ones anyway)."""
+    from pathlib import Path
+
+    from ..pipeline import chunks_for_frames
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--continue-from: no video at {path}")
+    try:
+        import imageio.v3 as iio
+    except ImportError as err:
+        raise ImportError('--continue-from reads video with imageio: pip install "videomla[video]"') from err
+    try:
+        frames = iio.imread(path, plugin="pyav" if Path(path).suffix != ".gif" else None)
+    except Exception as err:  # any decoder failure: one line naming the file
+        raise ValueError(f"--continue-from: cannot read {path} as video ({type(err).__name__}: {err})") from None
+    if frames.ndim == 4 and frames.shape[-1] == 4:
+        frames = frames[..., :3]  # gif frames come as RGBA
+    stream = (
+        spec.stream if frames_per_chunk is None else dataclasses.replace(spec.stream, frames_per_chunk=frames_per_chunk)
+    )
+    c = stream.frames_per_chunk
+    k = chunks_for_frames(spec, stream, len(frames) + 1) - 1  # whole chunks that fit in the video
+    if k < 1:
+        raise ValueError(f"--continue-from: {path} has {len(frames)} frames, fewer than one chunk")
+    return frames[len(frames) - spec.codec.frames_for(k * c) :]
 
 
 def _local_device(device: str | None) -> str | None:
