@@ -26,7 +26,7 @@ import sys
 import traceback
 
 # Subcommand modules under videomla.cli, in the order ``videomla --help`` lists them.
-COMMANDS = ("info", "rank", "generate", "train", "evaluate", "bench", "convert")
+COMMANDS = ("info", "rank", "generate", "train", "evaluate", "bench", "convert", "serve")
 # Exit codes: 128 + the signal number, as shells report a process a signal ended.
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGPIPE = 2, 1, 130, 143, 141
 # Arguments that name a command's inputs and outputs, in the order an error message lists them.
