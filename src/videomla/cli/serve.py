@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=None, help="largest cohort in one batched step")
     p.add_argument("--no-pacing", action="store_true", help="generate as fast as possible, not ~real time")
     p.add_argument("--device", default=None)
+    p.add_argument("--vae", default=None, help="Wan2.1 VAE folder (wan-vae checkpoints)")
+    p.add_argument("--text-encoder", default=None, help="UMT5 folder, or hash")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: see engine/threads.py)")
     p.set_defaults(func=run)
 
@@ -41,7 +43,9 @@ def run(args) -> int:
     from ..serve import Scheduler
     from ..serve.app import create_app
 
-    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads)
+    pipe = Pipeline.from_checkpoint(
+        args.checkpoint, device=args.device, threads=args.threads, vae=args.vae, text_encoder=args.text_encoder
+    )
     scheduler = Scheduler(pipe, max_streams=args.max_streams, budget_bytes=args.kv_budget,
                           max_batch=args.max_batch, pacing=not args.no_pacing)  # fmt: skip
     scheduler.start()

@@ -144,7 +144,7 @@ def create_app(scheduler: Scheduler):
             await asyncio.gather(sender, receiver, return_exceptions=True)
             scheduler.detach(stream, queue)
             if sender.done() and not sender.cancelled() and sender.exception() is None:
-                with contextlib.suppress(RuntimeError, OSError):
+                with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
                     await ws.close(code=1000)
 
     routes = [
