@@ -143,6 +143,8 @@ def test_too_many_streams_answer_503_and_disconnects_free_their_slot(server):
             frames_of(c, 2)
         _, status = server.call("GET", "/api/status")
         assert status["streams"] == 3 and status["cache_bytes"] > 0
+        # admission counts what the streams hold (cache + history) plus their scratch rows
+        assert 0 < status["cache_bytes"] + status["scratch_bytes"] <= 3 * status["bytes_per_stream"]
         for c in conns:  # abrupt disconnects mid-stream (chunks in flight)
             c.socket.close()
     server.wait_idle()
