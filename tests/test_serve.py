@@ -226,3 +226,28 @@ def test_default_model_serves_frames(tmp_path):
         s.wait_idle()
     finally:
         s.stop()
+
+
+def test_shutdown_closes_every_stream(tmp_path):
+    model = tiny_model(dataclasses.replace(preset("tiny"), in_channels=12, out_channels=12))
+    pipe = Pipeline.from_checkpoint(save_model(model, tmp_path / "m", META), device="cpu", threads=1)
+    s = Server(pipe, max_streams=2, attach_timeout=0.5)
+    try:
+        _, watched = s.call("POST", "/api/streams", {"prompt": "a", "seconds": None})
+        _, never = s.call("POST", "/api/streams", {"prompt": "b", "seconds": None})
+        with s.ws(watched["id"]) as conn:
+            frames_of(conn, 2)
+            time.sleep(0.8)  # the stream nobody attached to is closed after attach_timeout
+            assert s.call("GET", f"/api/streams/{never['id']}")[0] == 404
+            s.scheduler.shutdown()
+            end = None
+            deadline = time.time() + 10
+            while end is None and time.time() < deadline:
+                msg = conn.recv(timeout=10)
+                if isinstance(msg, str):
+                    end = json.loads(msg)
+        assert end == {**end, "type": "end", "reason": "the server is shutting down"}
+        assert not s.scheduler.thread.is_alive() and s.scheduler.runner.scratch_bytes == 0
+        assert s.call("POST", "/api/streams", {"prompt": "c"})[0] == 503
+    finally:
+        s.stop()
