@@ -89,10 +89,15 @@ def test_shapes_have_equal_area_centroid_and_extent(shape, radius, seed):
     dx, dy = coords.view(1, 64) - centre[0], coords.view(64, 1) - centre[1]
     cover = shape_coverage(torch.tensor(SHAPES.index(shape)), torch.tensor(radius), dx, dy)
     area = cover.sum()
-    assert area.item() == pytest.approx(math.pi * radius**2, rel=0.01)
+    # coverage is antialiased at the edge: an absolute error under about a pixel whatever the radius
+    # (0.6-1 px² measured), so 1% of a small shape (0.79 px² at r=5) is too tight on its own
+    assert area.item() == pytest.approx(math.pi * radius**2, rel=0.01, abs=1.5)
     cx, cy = (cover * (dx + centre[0])).sum() / area, (cover * (dy + centre[1])).sum() / area
-    assert cx.item() == pytest.approx(centre[0].item(), abs=0.05)
-    assert cy.item() == pytest.approx(centre[1].item(), abs=0.05)
+    # the same edge error (< 1.5 px²) at up to a radius from the centre moves the centroid by at most
+    # about 1.5 / (pi r) px (0.095 at r=5; measured worst over 1500 seeds: 0.052, a triangle at r=5)
+    tol = 1.5 / (math.pi * radius)
+    assert cx.item() == pytest.approx(centre[0].item(), abs=tol)
+    assert cy.item() == pytest.approx(centre[1].item(), abs=tol)
     left, right, top, bottom = shape_extent(shape, radius)
     ys, xs = torch.nonzero(cover > 0.5, as_tuple=True)
     assert xs.min() + 0.5 >= centre[0] + left - 0.5 and xs.max() + 0.5 <= centre[0] + right + 0.5
