@@ -16,9 +16,9 @@ Modules: :mod:`.detection` (pixels -> objects), :mod:`.scoring` (objects -> scor
 :mod:`.degenerate` (the degenerate clips every score is checked against).
 """
 
+from ..data.world import ObjectQuery
 from .detection import Detections, detect, label_components
 from .scoring import AGGREGATES, DISTRIBUTION, FACTORS, METRICS, Evaluation, evaluate, window_bounds
-from ..data.world import ObjectQuery
 
 __all__ = [
     "AGGREGATES",

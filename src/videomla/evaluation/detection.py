@@ -136,7 +136,7 @@ def find_candidates(cls: torch.Tensor, core: torch.Tensor, labels: torch.Tensor)
     Every pixel of colour c in a component belongs to that component's candidate of colour c (edge
     pixels too, not only the core), if it has one.
     """
-    t, h, w = cls.shape
+    _, h, w = cls.shape
     comp = _component_ids(labels)
     coloured = cls < NUM_COLOURS
     pixel_key = comp * NUM_COLOURS + cls.clamp(max=NUM_COLOURS - 1)  # (component, colour) per coloured pixel
@@ -178,7 +178,7 @@ def measure_candidates(
     ideal shape drawn at that centroid (pixels covered >= half, where segmentation puts the edge).
     """
     d = len(cands)
-    t, h, w = owner.shape
+    _, h, w = owner.shape
     mine = owner >= 0
     who = owner[mine]
     ys, xs = torch.nonzero(mine, as_tuple=True)[1:]
