@@ -279,3 +279,14 @@ def test_thread_rule(monkeypatch):
     assert choose_threads(None, 10) == 2
     with pytest.raises(ValueError, match="--threads"):
         choose_threads(0, 10)
+
+
+def test_steady_fps_is_read_over_the_latest_chunks():
+    from videomla.pipeline import RunSummary
+
+    s = RunSummary()
+    for frames, wall, step in [(9, 5.0, 4.0)] + [(12, 0.5, 0.25)] * 3 + [(12, 1.5, 0.75)] * 2:
+        s.add_chunk(frames, wall, step)
+        s.chunks += 1
+    # the first (cold, 9-frame) chunk is left out: medians of the 5 others
+    assert s.fps_steady == pytest.approx(12 / 0.5) and s.fps_steady_without_decode == pytest.approx(12 / 0.25)

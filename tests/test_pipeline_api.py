@@ -58,6 +58,8 @@ def test_prompt_files_txt_and_longlive_jsonl(tmp_path):
         ("timed-one-s0", 7),
         ("timed-one-s1", 8),
     ]
+    two = batch_items([{"prompts": [("a", 0.0)], "name": "a"}, {"prompts": [("b", 0.0)], "name": "b"}], 2, 100)
+    assert [i.seed for i in two] == [100, 101, 102, 103]  # every video its own seed
     for bad, message in [
         ('{"prompts": ["a", "b"]}', "need 1 switch_frame_indices"),
         ('{"prompts": ["a", "b"], "switch_frame_indices": [4]}', "chunk start"),
