@@ -52,7 +52,6 @@ class AttentionContext:
         stream: StreamConfig | None,
         device: torch.device,
         teacher_forcing: bool = False,
-        **kw,
     ) -> AttentionContext:
         """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention.
 
@@ -60,27 +59,16 @@ class AttentionContext:
         :func:`~videomla.window.teacher_forcing_layout`). Memoised per shape and device: every
         training step reuses the layout, mask and RoPE tables (no host work or upload per forward).
         """
-        if not kw:
-            key = (num_frames, height, width, stream, str(device), teacher_forcing)
-            ctx = _CLIP_CONTEXTS.get(key)
-            if ctx is None:
-                if len(_CLIP_CONTEXTS) >= 64:
-                    _CLIP_CONTEXTS.clear()
-                ctx = _CLIP_CONTEXTS[key] = cls._for_clip(num_frames, height, width, stream, device, teacher_forcing)
-            return ctx
-        return cls._for_clip(num_frames, height, width, stream, device, teacher_forcing, **kw)
+        key = (num_frames, height, width, stream, str(device), teacher_forcing)
+        ctx = _CLIP_CONTEXTS.get(key)
+        if ctx is None:
+            if len(_CLIP_CONTEXTS) >= 64:
+                _CLIP_CONTEXTS.clear()
+            ctx = _CLIP_CONTEXTS[key] = cls._build_clip(num_frames, height, width, stream, device, teacher_forcing)
+        return ctx
 
     @classmethod
-    def _for_clip(
-        cls,
-        num_frames: int,
-        height: int,
-        width: int,
-        stream: StreamConfig | None,
-        device: torch.device,
-        teacher_forcing: bool = False,
-        **kw,
-    ) -> AttentionContext:
+    def _build_clip(cls, num_frames, height, width, stream, device, teacher_forcing) -> AttentionContext:
         if teacher_forcing:
             if stream is None or num_frames % 2:
                 raise ValueError(
@@ -99,7 +87,6 @@ class AttentionContext:
             width=width,
             mask=mask,
             key_sources=None if identity else layout.key_sources,
-            **kw,
         )
 
     @classmethod
