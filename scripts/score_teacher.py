@@ -1,11 +1,13 @@
 """Score a stage-1 (teacher) model's samples with the current evaluator, on held-out prompts, on the CPU.
 
     python scripts/score_teacher.py MODEL_DIR --out FILE.json [--prompts 16] [--noise 2] [--steps 8 32]
+        [--figure FILE.png]
 
 Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them). Each prompt is
 streamed (no guidance: the stage-1 sampler) from noise seeds 0..noise-1, to 1x (21 frames) and/or
 6x (126 frames) (``--horizons``), with the listed Euler step counts; real clips of the same prompts are scored
-alongside as the ceiling. Writes per-video scores and means; prints a table.
+alongside as the ceiling. Writes per-video scores and means; prints a table. ``--figure`` also
+saves, for the first 6 prompts, the real clip's frames above the first step count's noise-0 sample.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def rollout(model, prompts: list[str], steps: int, noise: int, frames: int) -> t
     return codec.decode(torch.cat(list(latents), dim=2).float())
 
 
+def figure(real: list[torch.Tensor], sampled: torch.Tensor, out: Path, rows: int = 6) -> None:
+    """Real clip above sample, per prompt; 7 frames along the clip, 2x nearest-neighbour."""
+    from PIL import Image
+
+    frames = list(range(0, sampled.shape[2], max(1, sampled.shape[2] // 7)))[:7]
+    strips = [torch.cat([v[:, f] for f in frames], dim=-1) for pair in zip(real, sampled[:rows]) for v in pair]
+    grid = ((torch.cat(strips, dim=-2).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out)
+
+
 def mean(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in (*METRICS, *AGGREGATES)}
 
@@ -62,6 +74,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--noise", type=int, default=2)
     ap.add_argument("--steps", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--figure", type=Path, help="PNG: real clips above samples (first --steps value, noise 0)")
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -77,9 +90,12 @@ def main() -> None:
         start = time.perf_counter()
         for noise in range(args.noise):
             videos = rollout(model, prompts, steps, noise, longest)
+            if args.figure and noise == 0 and steps == args.steps[0]:
+                clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(min(6, len(prompts)))]
+                figure(clips, videos[:, :, : HORIZONS[args.horizons[0]]], args.figure)
             for h, frames in horizons.items():
                 for p, v in zip(prompts, videos):
-                    per[h].append({"noise": noise, "prompt": p, **evaluate(v[:, :frames], p).overall})
+                    per[h].append({**evaluate(v[:, :frames], p).overall, "noise_seed": noise, "prompt": p})
         for h in horizons:
             result["runs"][f"{steps} steps {h}"] = {"mean": mean(per[h]), "videos": per[h]}
         print(f"{steps} steps: {time.perf_counter() - start:.0f} s", flush=True)
