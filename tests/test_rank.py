@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from videomla.analysis import ActivationInputs, rank_study, targets
 from videomla.analysis.activations import activation_spectra, capture_cached
 from videomla.analysis.rank import (
     effective_rank,
@@ -19,6 +20,7 @@ from videomla.analysis.rank import (
     random_init_layers,
     self_attention_layers,
     singular_values,
+    summarise,
     weight_operators,
     weight_spectra,
 )
@@ -215,11 +217,127 @@ def test_captured_activations_are_what_the_cache_stores(seed: int) -> None:
     assert all(s.source == "activations" and s.rank_bound == min(s.shape) for s in spectra)
 
 
+# -- the Python API -------------------------------------------------------------------------------------
+def _by_key(rows: list[dict]) -> dict[tuple[int, str, str], dict]:
+    return {(r["layer"], r["source"], r["operator"]): r for r in rows}
+
+
+def test_rank_study_of_checkpoints(seed: int, tmp_path) -> None:
+    """Records of two checkpoints: weights and activations, folded dense gains, notes, the files."""
+    from videomla.checkpoint import save_model
+
+    cfg = preset("tiny").with_mla(layers=(1,))
+    d_c = cfg.mla.kv_latent_dim
+    model = tiny_model(cfg)
+    save_model(model, tmp_path / "run" / "step_100")
+    with torch.no_grad():  # "training" switched off half of layer 1's latent channels
+        model.blocks[1].self_attn.kv_norm.weight[: d_c // 2] = 0
+    save_model(model, tmp_path / "run" / "step_250")
+    stream = StreamConfig(frames_per_chunk=1, sink_frames=0, window_frames=2)
+    inputs = ActivationInputs(stream, chunks=2, latent_size=(4, 4))
+    models = targets([tmp_path / "run" / "step_100", tmp_path / "run" / "step_250"])
+    study = rank_study(models, fold_dense_gains=True, activations=inputs, seed=seed)
+
+    first, second = study.models
+    assert [(m.label, m.step, m.k) for m in study.models] == [("step_100", 100, d_c), ("step_250", 250, d_c)]
+    assert first.path == str(tmp_path / "run" / "step_100")
+    assert first.layers == [s.row(d_c) for s in first.spectra] and first.summary == summarise(first.layers)
+    a, b = _by_key(first.layers), _by_key(second.layers)
+    assert set(a) == {
+        *((layer, "weights", op) for layer in (0, 1) for op in ("kv", "q")),
+        (0, "activations", "kv"),
+        (1, "activations", "c_kv"),
+        (1, "activations", "k_r"),
+    }
+    assert b[(1, "weights", "kv")]["r_0.99"] <= d_c // 2 < a[(1, "weights", "kv")]["r_0.99"]
+    assert b[(0, "weights", "kv")] == a[(0, "weights", "kv")]  # layer 0 did not change
+    # fold_dense_gains: layer 0's q operator is diag(g_q) W_Q (tiny_model's gains are not 1)
+    gain, w_q = (model.state_dict()[f"blocks.0.self_attn.{n}.weight"].double() for n in ("norm_q", "q"))
+    (q,) = [s for s in first.spectra if (s.layer, s.source, s.operator) == (0, "weights", "q")]
+    assert rel_err(q.values, singular_values(gain[:, None] * w_q)) < 1e-12
+    assert rel_err(q.values, singular_values(w_q)) > 1e-3
+    # 2 videos x 2 frames x 4 tokens = 16 tokens, fewer than the 128 numbers of a dense [k; v]: said, and capped
+    assert a[(0, "activations", "kv")]["rows"] == 16 and a[(0, "activations", "kv")]["rank_bound"] == 16
+    assert len(study.notes) == 2 and all("16 tokens < width 128" in note for note in study.notes)
+    # the same inputs (one seed) for both models: layer 0's activations agree too; another seed draws others
+    assert b[(0, "activations", "kv")] == a[(0, "activations", "kv")]
+    (reseeded,) = rank_study(models[:1], fold_dense_gains=True, activations=inputs, seed=seed + 1).models
+    c = _by_key(reseeded.layers)
+    assert (
+        c[(0, "weights", "kv")] == a[(0, "weights", "kv")]
+        and c[(0, "activations", "kv")] != a[(0, "activations", "kv")]
+    )
+
+    study.write(tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "ranks.json").read_text())
+    assert written == json.loads(json.dumps(study.to_dict()))
+    assert written["fold_dense_gains"] is True and written["activations"]["seed"] == seed
+    assert written["activations"]["latent_size"] == [4, 4] and written["activations"]["stream"]["window"] == 2
+    assert [c["label"] for c in written["checkpoints"]] == ["step_100", "step_250"]
+    with open(tmp_path / "out" / "ranks.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(first.layers) + len(second.layers)
+    table = study.summary_table(per_layer=True)
+    assert f"E({d_c})" in table and "activations/mla/c_kv" in table and table.count("step_250") > 7
+
+
+def test_rank_study_of_a_random_init_is_seeded_and_leaves_the_callers_rng(seed: int) -> None:
+    cfg = preset("tiny").with_mla()
+    before = torch.get_rng_state()
+    one = rank_study(targets(preset="tiny", attention="mla"), seed=seed)
+    assert torch.equal(torch.get_rng_state(), before)
+    (m,) = one.models
+    assert (m.label, m.path, m.step, m.k) == ("tiny-mla-init", None, None, cfg.mla.kv_latent_dim)
+    torch.manual_seed(seed)  # the study's init is exactly this draw
+    direct = list(weight_spectra(random_init_layers(cfg)))
+    assert m.layers == [s.row(m.k) for s in direct]
+    (again,) = rank_study(targets(preset="tiny", attention="mla", labels=["x"]), seed=seed).models
+    (other,) = rank_study(targets(preset="tiny", attention="mla"), seed=seed + 1).models
+    assert again.label == "x" and again.layers == m.layers and other.layers != m.layers
+    (dense,) = rank_study(targets(preset="tiny"), rank=7, seed=seed).models
+    assert dense.label == "tiny-dense-init" and dense.k == 7 and {r["kind"] for r in dense.layers} == {"dense"}
+    assert all(r["energy_at_k"] < 1 for r in dense.layers)  # K = 7 of 64
+
+
+def test_rank_study_refuses_bad_arguments_before_any_work(tmp_path, monkeypatch) -> None:
+    import videomla.analysis.study as study
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the study started before its arguments were checked")
+
+    monkeypatch.setattr(study, "_analyse", no_work)
+    random_init = targets(preset="tiny")
+    with pytest.raises(ValueError, match="--rank must be >= 1, got 0"):
+        rank_study(random_init, rank=0)
+    with pytest.raises(ValueError, match=r"--latent-size must be positive, got \[0, 4\]"):
+        ActivationInputs(latent_size=(0, 4))
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        ActivationInputs(batch=0)
+    with pytest.raises(ValueError, match="--labels gives 2 labels for 1 models"):
+        targets(preset="tiny", labels=["a", "b"])
+    with pytest.raises(ValueError, match="--attention picks"):
+        targets([tmp_path], attention="mla")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        targets([tmp_path / "none"])
+    with pytest.raises(ValueError, match="give CHECKPOINT paths"):
+        targets([])
+    for run in ("run_a", "run_b"):  # the same file name in two folders: labels take the folder
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "model.pt").touch()
+    paths = [tmp_path / "run_a" / "model.pt", tmp_path / "run_b" / "model.pt"]
+    with pytest.raises(ValueError, match="--labels must be distinct"):
+        targets(paths, labels=["a", "a"])
+    models = targets(paths, preset="tiny")
+    assert [(t.label, t.step, t.preset) for t in models] == [
+        ("run_a/model", None, "tiny"),
+        ("run_b/model", None, "tiny"),
+    ]
+
+
 # -- the command -----------------------------------------------------------------------------------------
 def test_parse_step() -> None:
     from pathlib import Path
 
-    from videomla.cli.rank import parse_step
+    from videomla.analysis import parse_step
 
     assert parse_step(Path("runs/a/step_500")) == 500
     assert parse_step(Path("runs/checkpoint-001200.safetensors")) == 1200

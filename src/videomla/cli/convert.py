@@ -16,10 +16,10 @@ from ..checkpoint import load_model, save_model
 from ..config import PRESETS, mla_config
 from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, parse_layers
 from ..io_utils import atomic_write_json
+from ..tables import Column, records_table
 from .common import add_which_arg, check_device, check_output_file, check_output_folder, seed_arg
-from .rank import table
 
-COLUMNS = [
+COLUMNS: list[Column] = [
     ("layer", "layer", "d"),
     ("energy_kv", "E_kv(d_c)", ".3f"),
     ("energy_q", "E_q(d_q)", ".3f"),
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         f"{mla.rope_pairs}, latent norm {'on' if mla.latent_norm else 'off'}; init {args.init}"
     )
     print("E = spectral energy kept by the latent; err = ||mla - dense|| / ||dense|| on sample tokens")
-    print(table(rows(report), COLUMNS))
+    print(records_table(rows(report), COLUMNS))
     if args.report:
         write_report(report, args.report, str(args.src), args.dst)
         print(f"wrote report {args.report}")
