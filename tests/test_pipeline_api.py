@@ -13,7 +13,7 @@ from videomla.checkpoint import save_model
 from videomla.cli import main
 from videomla.config import StreamConfig, preset
 from videomla.engine import LatentGeometry, StreamEngine
-from videomla.pipeline import GenerationSpec, Pipeline
+from videomla.pipeline import GenerationSpec, Pipeline, resolve_device
 from videomla.pipeline.batch import batch_items, read_prompt_file
 
 from conftest import tiny_model
@@ -191,6 +191,27 @@ def test_generate_warns_when_its_iterator_is_dropped_unused(ckpt, tmp_path):
         gc.collect()
     used = videomla.generate("a red ball", 0.5, ckpt, device="cpu")
     assert len(list(used)) == 2  # iterated: no warning, frames as before
+
+
+def test_resolve_device_is_the_one_device_check(monkeypatch):
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for name, message in [
+        ("nonsense", "--device 'nonsense' is not a device name; use cpu, cuda or cuda:N"),
+        ("meta", "--device meta: unsupported"),
+        ("cuda:99", "--device cuda:99"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda, but no CUDA device is available; use --device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")
 
 
 def test_cli_continues_a_video_file(ckpt, tmp_path):

@@ -308,6 +308,8 @@ def test_rank_study_refuses_bad_arguments_before_any_work(tmp_path, monkeypatch)
     random_init = targets(preset="tiny")
     with pytest.raises(ValueError, match="--rank must be >= 1, got 0"):
         rank_study(random_init, rank=0)
+    with pytest.raises(ValueError, match="'nonsense' is not a device name"):
+        rank_study(random_init, activations=ActivationInputs(), device="nonsense")
     with pytest.raises(ValueError, match=r"--latent-size must be positive, got \[0, 4\]"):
         ActivationInputs(latent_size=(0, 4))
     with pytest.raises(ValueError, match="batch must be >= 1"):

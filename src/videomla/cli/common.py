@@ -83,26 +83,6 @@ def check_video_size(height: int, width: int, stride: int, patch: tuple[int, ...
     return lh, lw
 
 
-def check_device(name: str, flag: str = "--device") -> torch.device:
-    """A usable torch device from its name, or one line saying why not (unknown name, no CUDA, index out of range)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{flag} {name!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{flag} {name}, but no CUDA device is available; use {flag} cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type not in ("cpu", "mps", "meta"):
-        available = getattr(torch, device.type, None)
-        if available is None or not getattr(available, "is_available", lambda: False)():
-            raise ValueError(f"{flag} {name}: no {device.type} device is available; use cpu or cuda")
-    if device.type == "meta":
-        raise ValueError(f"{flag} meta holds no data; use cpu or cuda")
-    return device
-
-
 def _path_problem(path: Path) -> str | None:
     """Why ``path`` cannot be used (a symbolic link loop, an unreadable part), or None."""
     import errno

@@ -17,7 +17,7 @@ from ..config import PRESETS, mla_config
 from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, parse_layers
 from ..io_utils import atomic_write_json
 from ..tables import Column, records_table
-from .common import add_which_arg, check_device, check_output_file, check_output_folder, seed_arg
+from .common import add_which_arg, check_output_file, check_output_folder, seed_arg
 
 COLUMNS: list[Column] = [
     ("layer", "layer", "d"),
@@ -82,7 +82,9 @@ def write_report(report: ConversionReport, path: Path, source: str, target: Path
 
 
 def run(args: argparse.Namespace) -> int:
-    device = check_device(args.device)
+    from ..pipeline import resolve_device
+
+    device = resolve_device(args.device)
     check_output_folder(args.dst, "DST")
     if args.report is not None:
         check_output_file(args.report, "--report")
