@@ -222,9 +222,63 @@ class KernelsSection:
 
 
 @dataclass
+class SamplesSection:
+    """Rollouts of the exported model every ``every`` steps and at the last one (``every: null``: off).
+
+    Each prompt is streamed once per seed (fixed noise: a seed gives comparable videos across
+    steps) for ``chunks`` chunks, decoded with the run's codec and written to
+    ``RUN/samples/step_XXXXXXXX/<index>.<format>`` with ``samples.json``.
+    """
+
+    every: int | None = None
+    prompts: list[str] | None = None  # None: the captions of ``count`` held-out clips
+    count: int = 4  # prompts: null only
+    seeds: list[int] = field(default_factory=lambda: [0])
+    chunks: int = 4  # latent chunks per video (stream.frames_per_chunk latent frames each)
+    format: Literal["mp4", "gif"] = "mp4"
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"samples.every must be >= 1 (null: no samples), got {self.every}")
+        if self.prompts is not None and (not self.prompts or not all(p.strip() for p in self.prompts)):
+            raise ValueError(f"samples.prompts must be non-empty prompts (null: held-out captions), got {self.prompts}")
+        if self.count < 1 or self.chunks < 1:
+            raise ValueError(f"samples.count and samples.chunks must be >= 1, got {self.count} and {self.chunks}")
+        if not self.seeds or len(set(self.seeds)) < len(self.seeds) or not all(0 <= s < 2**63 for s in self.seeds):
+            raise ValueError(f"samples.seeds must be distinct integers in [0, 2**63), got {self.seeds}")
+        if self.every is not None:
+            from ..video_io import check_writer_modules
+
+            check_writer_modules(self.format)  # a missing PyAV / Pillow: the pip line, before any model is built
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether step ``step`` of a ``steps``-step run writes samples."""
+        return self.every is not None and (step % self.every == 0 or step == steps)
+
+
+WANDB_HINT = 'pip install "videomla[wandb]"'
+
+
+@dataclass
+class WandbSection:
+    """Weights & Biases: metrics and sample videos of the run (``wandb`` must be installed)."""
+
+    project: str
+    entity: str | None = None
+    mode: Literal["online", "offline"] = "online"  # offline: wandb sync later
+
+    def __post_init__(self) -> None:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as err:
+            raise ImportError(f"log.wandb needs wandb, which is not installed ({err}): {WANDB_HINT}") from None
+
+
+@dataclass
 class LogSection:
     every: int = 1
     tensorboard: bool = True
+    wandb: WandbSection | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -252,6 +306,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     heldout: HeldoutSection = field(default_factory=HeldoutSection)
     kernels: KernelsSection = field(default_factory=KernelsSection)
+    samples: SamplesSection = field(default_factory=SamplesSection)
     log: LogSection = field(default_factory=LogSection)
 
     def __post_init__(self) -> None:

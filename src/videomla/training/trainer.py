@@ -29,6 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..model import CausalWanModel
+from ..pipeline.spec import GenerationSpec
 from ..schedule import SamplingSchedule
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -47,6 +48,7 @@ from .distributed import DistInfo, init_distributed, mean_tensor_over_ranks, sha
 from .metrics import MetricsLogger
 from .models import EMA, build_trained_model, enable_activation_checkpointing, load_frozen, trainable_copy
 from .rng import StepRNG
+from .samples import SAMPLES_DIR, RolloutSampler, gathered_model, heldout_captions
 from .stages import ConsistencyStage, DMDStage, Stage, TeacherForcingStage
 
 CONFIG_FILE = "config.yaml"
@@ -110,8 +112,12 @@ class Trainer:
             (self.out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             if conversion is not None and not resume:
                 (self.out / "mla_conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
+        self.sampler = self._sampler()
         columns = (*self.stage.metrics, LR, *(self.stage.heldout_metrics if self.bank else ()))
-        self.logger = MetricsLogger(self.out, columns, self.info.is_main, cfg.log.tensorboard, resume_step=self.step)
+        self.logger = MetricsLogger(
+            self.out, columns, self.info.is_main, cfg.log.tensorboard, resume_step=self.step,
+            videos=self.sampler is not None, wandb=cfg.log.wandb, config=cfg.to_dict(),
+        )  # fmt: skip
 
     def _renders_on_device(self) -> bool:
         """World clips batched on the training device (``data.render``; ``auto``: on CUDA)."""
@@ -152,6 +158,15 @@ class Trainer:
             batch = collate([folder[p] for p in part], frames, self.text_len)
             bank.append((part, batch.to(self.device)))
         return bank
+
+    def _sampler(self) -> RolloutSampler | None:
+        """The main process's writer of sample rollouts (``samples.every``), checked before the first step."""
+        s = self.cfg.samples
+        if s.every is None or not self.info.is_main:
+            return None
+        prompts = s.prompts or heldout_captions(self.source, self.cfg.heldout, s.count)
+        spec = GenerationSpec.from_dict(self.export_metadata())  # what generate reads from the export
+        return RolloutSampler(s, spec, prompts, self.out / SAMPLES_DIR, self._generator, resume_step=self.step)
 
     # -- construction ------------------------------------------------------------------------------
     def _uncond(self, length: int) -> torch.Tensor:
@@ -283,12 +298,15 @@ class Trainer:
                 self.train_step()
                 bar.update(1)
                 save = self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps
-                if save or self.step % cfg.log.every == 0:
+                sample = cfg.samples.due(self.step, cfg.steps)
+                if save or sample or self.step % cfg.log.every == 0:  # rows before samples: W&B steps only increase
                     rows = self.flush()
                     history.extend(rows)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in rows[-1].items() if "loss" in k})
                 if save:
                     self.save()
+                if sample:
+                    self.write_samples()
             history.extend(self.flush())
         finally:
             bar.close()
@@ -296,6 +314,15 @@ class Trainer:
         for row in history:
             row["step"] = int(row["step"])
         return history
+
+    def write_samples(self) -> None:
+        """Sample rollouts of the exported model at this step, written and logged (a collective under FSDP2)."""
+        model = gathered_model(self.stage.modules[self.stage.export_name], self.info)
+        if self.sampler is None:  # not the main process
+            return
+        assert model is not None
+        samples = self.sampler.write(model, self.step, keep_frames=self.logger.tensorboard_videos)
+        self.logger.log_samples(self.step, samples, self.sampler.spec.video.fps)
 
     def check_finite_weights(self) -> None:
         """Refuse to save non-finite weights (one reduction per module), naming the first bad tensor."""
