@@ -57,10 +57,9 @@ def test_flops_by_hand_for_the_tiny_model():
 def test_flops_match_torch_flop_counter(seed, cfg: ModelConfig, path: str):
     """The formula equals what torch counts while the model streams, at every cache fill level."""
     model = tiny_model(cfg).requires_grad_(False)
-    model.set_mla_path(path)
     b = 2
     text = model.embed_text(torch.randn(b, 5, cfg.text_dim))
-    cache = model.new_cache(StreamConfig(sink_frames=1, window_frames=3), b, 6, 8)
+    cache = model.new_cache(StreamConfig(sink_frames=1, window_frames=3), b, 6, 8, mla_path=path)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the math backend's matmuls are visible to the counter
         model.forward_chunk(torch.randn(b, 4, 3, 6, 8), torch.zeros(b), text, cache)  # absorbed weights fold once
         for _ in range(3):
@@ -119,16 +118,15 @@ def test_fast_kernels_match_the_reference(seed):
     """Fused (inductor-compiled) helpers, fp32 RoPE tables, MQA folding: the same stream within 1e-5."""
     cfg = preset("tiny").with_mla(layers=(1,))  # one dense and one MLA block: every helper runs
     model = tiny_model(cfg)
-    model.set_kv_dtype(torch.float8_e4m3fn)
     text = model.embed_text(torch.randn(2, 5, cfg.text_dim))
     xs = [torch.randn(2, 4, 3, 6, 8) for _ in range(4)]
     outs = []
     for fast in (False, True):
-        cache = model.new_cache(StreamConfig(sink_frames=1, window_frames=3), 2, 6, 8)
+        cache = model.new_cache(StreamConfig(sink_frames=1, window_frames=3), 2, 6, 8, latent_dtype=torch.float8_e4m3fn)
         res = []
         with torch.no_grad(), fast_kernels() if fast else torch.no_grad():
             for path, x in zip(("materialised", "absorbed") * 2, xs):
-                model.set_mla_path(path)
+                cache.mla_path = path  # both paths read the same fp8 cache
                 res.append(model.forward_chunk(x, torch.full((2,), 700.0), text, cache))
                 res.append(model.forward_chunk(x, torch.zeros(2), text, cache, write=True))
         outs.append(torch.stack(res))

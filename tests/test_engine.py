@@ -290,3 +290,62 @@ def test_steady_fps_is_read_over_the_latest_chunks():
         s.chunks += 1
     # the first (cold, 9-frame) chunk is left out: medians of the 5 others
     assert s.fps_steady == pytest.approx(12 / 0.5) and s.fps_steady_without_decode == pytest.approx(12 / 0.25)
+
+
+# -- what the stream fixes at construction: MLA path, latent dtype; the fast-kernel switch's scope --
+def test_engine_options_fix_the_mla_path_and_latent_dtype(seed):
+    """EngineOptions is the one place: the engine's cache carries the path and the fp8 latents, and
+    each path streams the same video as the naive reference."""
+    model = tiny_model(preset("tiny").with_mla(layers=(1,)))
+    stream, geometry = StreamConfig(sink_frames=1, window_frames=3), LatentGeometry(4, 6, 8)
+    text = model.embed_text(torch.randn(1, 5, model.config.text_dim))
+    outs = {}
+    for path in ("naive", "materialised", "absorbed"):
+        engine = StreamEngine(model, stream, geometry, options=EngineOptions(False, False, mla_path=path))
+        assert engine.cache.mla_path == path
+        gen = torch.Generator().manual_seed(seed)
+        outs[path] = torch.cat([engine.step(text, gen) for _ in range(3)], dim=2)
+    assert rel_err(outs["materialised"], outs["naive"]) < 1e-5
+    assert rel_err(outs["absorbed"], outs["naive"]) < 1e-5
+    fp8 = StreamEngine(model, stream, geometry, options=EngineOptions(False, False, kv_fp8=True))
+    dtypes = [layer.buffers[next(iter(layer.spec))].dtype for layer in fp8.cache.layers]
+    assert dtypes == [torch.float32, torch.float8_e4m3fn]  # the dense block keeps its K/V dtype
+    assert fp8.footprint().total_bytes < engine.footprint().total_bytes
+
+
+def test_bad_mla_choices_are_refused():
+    with pytest.raises(ValueError, match="mla_path must be one of"):
+        EngineOptions(mla_path="fast")
+    dense = tiny_model(preset("tiny"))
+    with pytest.raises(ValueError, match="applies to MLA layers"):
+        dense.new_cache(StreamConfig(), 1, 6, 8, latent_dtype=torch.float8_e4m3fn)
+    mla = tiny_model(preset("tiny").with_mla())
+    with pytest.raises(ValueError, match="fp8 latent cache stores"):
+        mla.new_cache(StreamConfig(), 1, 6, 8, latent_dtype=torch.float8_e5m2)
+
+
+def test_fast_kernels_are_scoped_to_their_thread():
+    """A block under fast_kernels() in one thread leaves another thread on the reference code."""
+    import threading
+
+    from videomla.attention.common import fast_enabled, fast_kernels
+
+    seen: dict[str, bool] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def fast_worker():
+        with fast_kernels("eager"):
+            seen["worker, inside"] = fast_enabled()
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=fast_worker)
+    worker.start()
+    inside.wait(10)
+    seen["main, meanwhile"] = fast_enabled()
+    release.set()
+    worker.join()
+    assert seen == {"worker, inside": True, "main, meanwhile": False}
+    with fast_kernels("eager"):
+        assert fast_enabled()
+    assert not fast_enabled()

@@ -33,12 +33,9 @@ def test_clip_paths_agree(seed, stream):
     cfg = preset("tiny").with_mla()
     layer = mla_layer(cfg)
     x = torch.randn(2, 9 * 12, cfg.dim)
-    ctx = AttentionContext.for_clip(9, 3, 4, stream, x.device)
     with torch.no_grad():
-        layer.path = "materialised"
-        materialised = layer(x, ctx)
-        layer.path = "absorbed"
-        absorbed = layer(x, ctx)
+        materialised = layer(x, AttentionContext.for_clip(9, 3, 4, stream, x.device, mla_path="materialised"))
+        absorbed = layer(x, AttentionContext.for_clip(9, 3, 4, stream, x.device, mla_path="absorbed"))
     assert rel_err(absorbed, materialised) < 1e-5
 
 
@@ -75,14 +72,13 @@ def test_padded_gemm_path_equals_the_naive_path(seed, streaming):
     x, t, context = torch.randn(1, 4, 6, 4, 6), torch.full((1,), 400.0), torch.randn(1, 5, 32)
     outs = {}
     for path in ("naive", "materialised"):
-        model.set_mla_path(path)
         with torch.no_grad():
             if streaming:  # two chunks through the cache
-                cache, text = model.new_cache(stream, 1, 4, 6), model.embed_text(context)
+                cache, text = model.new_cache(stream, 1, 4, 6, mla_path=path), model.embed_text(context)
                 chunks = [model.forward_chunk(x[:, :, i : i + 3], t, text, cache, write=True) for i in (0, 3)]
                 outs[path] = torch.cat(chunks, dim=2)
             else:  # the whole clip under the block mask (training)
-                outs[path] = model(x, t, context, stream)
+                outs[path] = model(x, t, context, stream, mla_path=path)
     assert rel_err(outs["materialised"], outs["naive"]) < 1e-5
 
 
@@ -93,11 +89,9 @@ def test_three_paths_agree_when_streaming(seed, rope_mode):
     stream = StreamConfig(sink_frames=1, window_frames=4, rope_mode=rope_mode)
     x, t, context = torch.randn(2, 4, 15, 4, 6), torch.rand(2, 15) * 1000, torch.randn(2, 5, 32)
     with torch.no_grad():
-        model.set_mla_path("materialised")
-        full = model(x, t, context, stream=stream)
-        materialised, _ = stream_chunks(model, x, t, context, stream)
-        model.set_mla_path("absorbed")
-        absorbed, _ = stream_chunks(model, x, t, context, stream)
+        full = model(x, t, context, stream=stream, mla_path="naive")
+        materialised, _ = stream_chunks(model, x, t, context, stream, mla_path="materialised")
+        absorbed, _ = stream_chunks(model, x, t, context, stream, mla_path="absorbed")
     assert rel_err(materialised, full) < 1e-5
     assert rel_err(absorbed, full) < 1e-5
 
@@ -136,8 +130,7 @@ def test_fp8_latent_cache_error_is_bounded(seed):
     x, t, context = torch.randn(1, 4, 12, 4, 6), torch.rand(1, 12) * 1000, torch.randn(1, 5, 32)
     with torch.no_grad():
         exact, _ = stream_chunks(model, x, t, context, stream, decoy=False)
-        model.set_kv_dtype(torch.float8_e4m3fn)
-        fp8, cache = stream_chunks(model, x, t, context, stream, decoy=False)
+        fp8, cache = stream_chunks(model, x, t, context, stream, decoy=False, latent_dtype=torch.float8_e4m3fn)
     assert cache.layers[0].buffers["c"].dtype == torch.float8_e4m3fn
     err = rel_err(fp8, exact)
     assert 0 < err < 0.03  # documented bound (docs/mla.md); 0 would mean fp8 was not used
@@ -148,8 +141,8 @@ def footprint(cfg: ModelConfig, kv_dtype: torch.dtype | None = None) -> KVFootpr
         from videomla.model import CausalWanModel
 
         model = CausalWanModel(cfg)
-    model.set_kv_dtype(kv_dtype)
-    return KVFootprint.of(model.cache_specs(torch.bfloat16), cfg.dim, torch.bfloat16, StreamConfig(), 1560)
+    specs = model.cache_specs(torch.bfloat16, kv_dtype)
+    return KVFootprint.of(specs, cfg.dim, torch.bfloat16, StreamConfig(), 1560)
 
 
 def test_memory_accounting_matches_the_paper():

@@ -193,6 +193,31 @@ def test_generate_warns_when_its_iterator_is_dropped_unused(ckpt, tmp_path):
     assert len(list(used)) == 2  # iterated: no warning, frames as before
 
 
+def test_generate_forwards_the_loading_options_and_checks_the_request_first(ckpt, monkeypatch):
+    import inspect
+
+    import videomla
+
+    loading = list(inspect.signature(Pipeline.from_checkpoint).parameters)[1:]  # after `checkpoint`
+    assert {*loading, "seed", "out", "stream"} <= set(inspect.signature(videomla.generate).parameters)
+    calls = []
+    load = Pipeline.from_checkpoint.__func__
+
+    def spy(cls, checkpoint=None, **kwargs):
+        calls.append(kwargs)
+        return load(cls, checkpoint, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "from_checkpoint", classmethod(spy))
+    with pytest.raises(ValueError, match="unknown output format 'avi'"):
+        videomla.generate("a red ball", 1, ckpt, device="cpu", out="v.gif", format="avi")
+    assert calls == []  # refused before the model loads
+    with pytest.raises(ValueError, match="--kv-fp8 stores MLA latents in fp8, but"):
+        videomla.generate("a red ball", 1, ckpt, device="cpu", kv_fp8=True, seed=3)
+    assert calls == [{"device": "cpu", "kv_fp8": True}]  # seed went to the request, the rest to the loader
+    with pytest.raises(TypeError, match="colour"):
+        videomla.generate("a red ball", 1, ckpt, colour="red")
+
+
 def test_resolve_device_is_the_one_device_check(monkeypatch):
     assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,10 +19,13 @@ WINDOWS = [  # (sink, window): paper's 1+6, la6_sink1's 1+2, no sink, window < c
 ]
 
 
-def stream_chunks(model, x, t, context, stream, decoy: bool = True):
-    """Run ``x`` chunk by chunk; each chunk first gets a non-writing pass on other input (a denoising step)."""
+def stream_chunks(model, x, t, context, stream, decoy: bool = True, **cache_kw):
+    """Run ``x`` chunk by chunk; each chunk first gets a non-writing pass on other input (a denoising step).
+
+    ``cache_kw``: what the stream's cache fixes (``mla_path``, ``latent_dtype``).
+    """
     b, _, f, h, w = x.shape
-    cache = model.new_cache(stream, b, h, w)
+    cache = model.new_cache(stream, b, h, w, **cache_kw)
     text = model.embed_text(context)
     c = stream.frames_per_chunk
     outs = []

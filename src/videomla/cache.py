@@ -100,8 +100,10 @@ class StreamingCache:
         batch: int,
         tokens_per_frame: int,
         device: torch.device | str = "cpu",
+        mla_path: str = "auto",
     ):
         self.window = FrameWindow(stream)
+        self.mla_path = mla_path  # how MLA layers read this cache (videomla.attention.context.MLAPath)
         self.tokens_per_frame = tokens_per_frame  # on this process (a TokenShard's slice)
         self.batch = batch
         self.shard = None  # a videomla.parallel.TokenShard when the tokens are split over processes

@@ -23,6 +23,7 @@ from torch import nn
 
 from .attention import AttentionContext, DenseSelfAttention, MLASelfAttention
 from .attention.common import RMSNorm, attend, fusable
+from .attention.context import MLAPath, check_mla_path
 from .cache import CacheSpec, StreamingCache
 from .config import ModelConfig, StreamConfig
 from .parallel import TokenShard
@@ -189,16 +190,18 @@ class CausalWanModel(nn.Module):
         context: torch.Tensor,
         stream: StreamConfig | None = None,
         teacher_forcing: bool = False,
+        mla_path: MLAPath = "auto",
     ) -> torch.Tensor:
         """Velocity for a whole clip x [B, C, F, H, W].
 
         ``stream=None``: full bidirectional attention (Wan2.1 as released). Otherwise the
         chunk-causal sink + sliding-window block mask of ``stream``, exactly what streaming
         with a cache computes chunk by chunk. ``teacher_forcing``: x is ``[clean ; noisy]``
-        along frames and each noisy chunk attends to the clean past (training).
+        along frames and each noisy chunk attends to the clean past (training). ``mla_path``: how
+        MLA layers attend ("auto" = materialised for a clip; "naive" is the reference).
         """
         f, h, w = self.token_grid(*x.shape[2:])
-        ctx = AttentionContext.for_clip(f, h, w, stream, x.device, teacher_forcing=teacher_forcing)
+        ctx = AttentionContext.for_clip(f, h, w, stream, x.device, teacher_forcing=teacher_forcing, mla_path=mla_path)
         return self._run(x, timestep, self.embed_text(context), ctx, None)
 
     def forward_chunk(
@@ -238,30 +241,37 @@ class CausalWanModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         shard: TokenShard | None = None,
+        *,
+        latent_dtype: torch.dtype | None = None,
+        mla_path: MLAPath = "auto",
     ) -> StreamingCache:
-        """A preallocated cache for ``batch`` streams of latents of the given spatial size
-        (``shard``: only this process's token slice, :mod:`videomla.parallel`)."""
+        """A preallocated cache for ``batch`` streams of latents of the given spatial size.
+
+        ``shard``: only this process's token slice (:mod:`videomla.parallel`). What the stream
+        stores and how it is read are fixed here, once: ``latent_dtype`` for MLA latents
+        (``torch.float8_e4m3fn``: fp8 with per-token scales), ``mla_path`` for MLA attention.
+        """
         param = next(self.parameters())
-        specs = self.cache_specs(dtype or param.dtype)
+        specs = self.cache_specs(dtype or param.dtype, latent_dtype)
         tokens = self.tokens_per_frame(latent_height, latent_width)
         if shard is not None:
             tokens = shard.local_tokens(tokens)
-        cache = StreamingCache(stream, specs, batch, tokens, device or param.device)
+        cache = StreamingCache(stream, specs, batch, tokens, device or param.device, check_mla_path(mla_path))
         cache.shard = shard
         return cache
 
-    def cache_specs(self, dtype: torch.dtype) -> list[CacheSpec]:
-        """What each layer caches per token (its attention kind decides)."""
-        return [block.self_attn.cache_spec(dtype) for block in self.blocks]
+    def cache_specs(self, dtype: torch.dtype, latent_dtype: torch.dtype | None = None) -> list[CacheSpec]:
+        """What each layer caches per token (its attention kind decides; ``latent_dtype``: MLA latents only)."""
+        if latent_dtype is not None and not self.mla_layers():
+            raise ValueError(f"a {latent_dtype} latent cache applies to MLA layers, and this model has none")
+        return [
+            b.self_attn.cache_spec(dtype, latent_dtype) if b.self_attn.kind == "mla" else b.self_attn.cache_spec(dtype)
+            for b in self.blocks
+        ]
 
     def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
         _, h, w = self.token_grid(self.config.patch_size[0], latent_height, latent_width)
         return h * w
-
-    def set_mla_path(self, path: str) -> None:
-        """'auto' | 'materialised' | 'absorbed' for every MLA layer."""
-        for attn in self.mla_layers():
-            attn.path = path
 
     def set_stream_slicing(self, enabled: bool) -> None:
         """Run self-attention and the FFN one stream of the batch at a time.
@@ -273,11 +283,6 @@ class CausalWanModel(nn.Module):
         """
         for block in self.blocks:
             block.slice_streams = enabled
-
-    def set_kv_dtype(self, dtype: torch.dtype | None) -> None:
-        """Storage dtype of MLA latents in new caches (``torch.float8_e4m3fn`` for fp8)."""
-        for attn in self.mla_layers():
-            attn.kv_dtype = dtype
 
     def mla_layers(self) -> list[MLASelfAttention]:
         return [b.self_attn for b in self.blocks if isinstance(b.self_attn, MLASelfAttention)]

@@ -1,7 +1,9 @@
 """Pieces shared by every attention kind: RMSNorm, RoPE, the SDPA call, and the fast-kernel switch.
 
-:func:`fast_kernels` turns on the inference fast paths for the block it guards. Outside it every
-helper runs its eager reference code unchanged, so tests compare the two on the same inputs.
+:func:`fast_kernels` turns on the inference fast paths for the block it guards, in the current
+thread (or asyncio task) only: a context variable, not process state, so one server thread
+streaming with fused kernels does not change what a reference run in another thread computes.
+Outside it every helper runs its eager reference code unchanged, so tests compare the two.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import ClassVar, TypeVar
+from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +23,18 @@ from ..rope import apply_rope
 Fn = TypeVar("Fn", bound=Callable)
 
 
-class _FastState:
-    """Process-wide switch read by :func:`fusable` helpers and RoPE table construction."""
-
-    backend: ClassVar[str | None] = None  # torch.compile backend while fast_kernels() is active
-    compiled: ClassVar[dict[tuple[Callable, str], Callable]] = {}
+# the torch.compile backend while fast_kernels() is active in this context (None: reference code)
+_BACKEND: ContextVar[str | None] = ContextVar("videomla_fast_backend", default=None)
+_COMPILED: dict[tuple[Callable, str], Callable] = {}  # compiled helpers, built once per backend
 
 
 def fast_enabled() -> bool:
-    return _FastState.backend is not None
+    return _BACKEND.get() is not None
 
 
 @contextmanager
 def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterator[None]:
-    """Inference fast paths inside this block, for every model in the process.
+    """Inference fast paths inside this block (this thread / task), for every model it runs.
 
     * helpers marked :func:`fusable` (norms, RoPE, adaLN modulation, gated residuals, fp8
       (de)quantisation) run as one ``torch.compile``'d kernel each instead of 3-10 eager
@@ -44,11 +45,10 @@ def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterato
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    previous = _FastState.backend
     limit = torch._dynamo.config.recompile_limit
     # each helper sees a few shapes (query side, key side, batch sizes): never fall back to eager
     torch._dynamo.config.recompile_limit = max(limit, 64)
-    _FastState.backend = backend
+    token = _BACKEND.set(backend)
     try:
         with ExitStack() as stack:
             if cudnn_first:
@@ -61,7 +61,7 @@ def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterato
                 stack.enter_context(sdpa_kernel(order, set_priority=True))
             yield
     finally:
-        _FastState.backend = previous
+        _BACKEND.reset(token)
         torch._dynamo.config.recompile_limit = limit
 
 
@@ -70,13 +70,13 @@ def fusable(fn: Fn) -> Fn:
 
     @functools.wraps(fn)
     def call(*args):
-        backend = _FastState.backend
+        backend = _BACKEND.get()
         if backend is None:
             return fn(*args)
         key = (fn, backend)
-        compiled = _FastState.compiled.get(key)
+        compiled = _COMPILED.get(key)
         if compiled is None:
-            compiled = _FastState.compiled[key] = torch.compile(fn, backend=backend, fullgraph=True)
+            compiled = _COMPILED[key] = torch.compile(fn, backend=backend, fullgraph=True)
         return compiled(*args)
 
     call.reference = fn  # type: ignore[attr-defined]

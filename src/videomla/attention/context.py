@@ -8,6 +8,7 @@ all layers, so RoPE tables and masks are computed once, not 30 times.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
@@ -19,6 +20,18 @@ from ..window import clip_layout, teacher_forcing_layout
 from .common import fast_enabled
 
 _CLIP_CONTEXTS: dict[tuple, AttentionContext] = {}
+
+# How MLA layers attend: "naive" concatenates per-head keys (the reference), "materialised" writes
+# them with one padded GEMM, "absorbed" folds W_UK / W_UV into the query and output (few queries);
+# "auto" picks by query count. Fixed per forward by the context (from the stream's cache).
+MLAPath = Literal["auto", "naive", "materialised", "absorbed"]
+MLA_PATHS: tuple[str, ...] = get_args(MLAPath)
+
+
+def check_mla_path(path: str) -> MLAPath:
+    if path not in MLA_PATHS:
+        raise ValueError(f"mla_path must be one of {', '.join(MLA_PATHS)}; got {path!r}")
+    return path  # type: ignore[return-value]
 
 
 @dataclass
@@ -33,6 +46,7 @@ class AttentionContext:
     active_tokens: int | None = None  # stream mode: keys = cache prefix of this many tokens
     keys_prerotated: bool = False  # stream mode: cached keys may be stored already rotated
     shard: TokenShard | None = None  # stream mode: this process's slice of every frame's tokens
+    mla_path: MLAPath = "auto"  # how MLA layers attend in this forward
     _tables: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -52,6 +66,7 @@ class AttentionContext:
         stream: StreamConfig | None,
         device: torch.device,
         teacher_forcing: bool = False,
+        mla_path: MLAPath = "auto",
     ) -> AttentionContext:
         """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention.
 
@@ -59,16 +74,16 @@ class AttentionContext:
         :func:`~videomla.window.teacher_forcing_layout`). Memoised per shape and device: every
         training step reuses the layout, mask and RoPE tables (no host work or upload per forward).
         """
-        key = (num_frames, height, width, stream, str(device), teacher_forcing)
+        key = (num_frames, height, width, stream, str(device), teacher_forcing, check_mla_path(mla_path))
         ctx = _CLIP_CONTEXTS.get(key)
         if ctx is None:
             if len(_CLIP_CONTEXTS) >= 64:
                 _CLIP_CONTEXTS.clear()
-            ctx = _CLIP_CONTEXTS[key] = cls._build_clip(num_frames, height, width, stream, device, teacher_forcing)
+            ctx = _CLIP_CONTEXTS[key] = cls._build_clip(*key[:3], stream, device, teacher_forcing, mla_path)
         return ctx
 
     @classmethod
-    def _build_clip(cls, num_frames, height, width, stream, device, teacher_forcing) -> AttentionContext:
+    def _build_clip(cls, num_frames, height, width, stream, device, teacher_forcing, mla_path) -> AttentionContext:
         if teacher_forcing:
             if stream is None or num_frames % 2:
                 raise ValueError(
@@ -87,6 +102,7 @@ class AttentionContext:
             width=width,
             mask=mask,
             key_sources=None if identity else layout.key_sources,
+            mla_path=mla_path,
         )
 
     @classmethod
@@ -114,6 +130,7 @@ class AttentionContext:
             active_tokens=cache.active_tokens(n_frames),
             keys_prerotated=cache.stream.rope_mode == "absolute",
             shard=shard,
+            mla_path=cache.mla_path,
             **kw,
         )
 

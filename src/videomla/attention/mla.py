@@ -24,7 +24,6 @@ Three ways to compute the same thing, one method each, side by side below:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +33,8 @@ from ..cache import CacheSpec, LayerCache, TensorSpec
 from ..config import MLAConfig
 from ..rope import Rotary3D
 from .common import RMSNorm, attend, fusable, rope
-from .context import AttentionContext
+from .context import AttentionContext, MLAPath
 
-MLAPath = Literal["auto", "naive", "materialised", "absorbed"]
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 
@@ -95,19 +93,20 @@ class MLASelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.rotary = Rotary3D(self.head_dim, theta, cfg.rope_pairs)
         self.scale = 1.0 / math.sqrt(dn + dr)
-        self.path: MLAPath = "auto"
-        self.kv_dtype: torch.dtype | None = None  # e.g. torch.float8_e4m3fn for an fp8 latent cache
         self._absorbed: tuple[tuple[int, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._padded: tuple[tuple[int, int], torch.Tensor] | None = None
 
     # -- cache ---------------------------------------------------------------------------------
-    def cache_spec(self, dtype: torch.dtype) -> CacheSpec:
-        store = self.kv_dtype or dtype
+    def cache_spec(self, dtype: torch.dtype, latent_dtype: torch.dtype | None = None) -> CacheSpec:
+        """c_KV and k_R per token, in ``latent_dtype`` (``torch.float8_e4m3fn``: fp8 + scales) or ``dtype``."""
+        store = latent_dtype or dtype
+        if store.itemsize == 1 and store != FP8:
+            raise ValueError(f"the fp8 latent cache stores {FP8}, got {store}")
         spec = {
             "c": TensorSpec((self.cfg.kv_latent_dim,), store),
             "kr": TensorSpec((self.cfg.rope_head_dim,), store),
         }
-        if self.kv_dtype == FP8:  # one fp32 scale per token for each of c and k_R
+        if store == FP8:  # one fp32 scale per token for each of c and k_R
             spec["c_scale"] = TensorSpec((1,), torch.float32, overhead=True)
             spec["kr_scale"] = TensorSpec((1,), torch.float32, overhead=True)
         return spec
@@ -115,7 +114,7 @@ class MLASelfAttention(nn.Module):
     def _stage_and_read(
         self, c: torch.Tensor, kr: torch.Tensor, ctx: AttentionContext, cache: LayerCache
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kv_dtype == FP8:
+        if "c_scale" in cache.spec:  # the cache was built fp8 (cache_spec): quantise on the way in
             (qc, sc), (qk, sk) = quantize_fp8(c), quantize_fp8(kr)
             cache.stage(ctx.stage_slot, {"c": qc, "c_scale": sc, "kr": qk, "kr_scale": sk})
             view = cache.view(ctx.active_tokens)
@@ -236,9 +235,9 @@ class MLASelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> torch.Tensor:
         q_cos, q_sin, k_cos, k_sin = ctx.tables(self.rotary)
         if ctx.streaming:
-            path = choose_path(self.path, x.shape[1], self.cfg, self.head_dim)
+            path = choose_path(ctx.mla_path, x.shape[1], self.cfg, self.head_dim)
         else:
-            path = "materialised" if self.path == "auto" else self.path
+            path = "materialised" if ctx.mla_path == "auto" else ctx.mla_path
         # the absorbed path folds W_UQ into A_h: skip the q_nope projection it would throw away
         cq, q_nope, q_rope = self.project_query(x, content=path != "absorbed")
         q_rope = rope(q_rope, q_cos, q_sin)

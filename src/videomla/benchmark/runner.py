@@ -164,14 +164,17 @@ class Bench:
 
     def new_cache(self, model: CausalWanModel, variant: Variant, batch: int) -> StreamingCache:
         h, w = self.setup.latent_size
-        return model.new_cache(variant.stream, batch, h, w, self.setup.dtype, self.device)
+        return model.new_cache(
+            variant.stream, batch, h, w, self.setup.dtype, self.device,
+            latent_dtype=variant.kv_dtype, mla_path=self.options(variant).mla_path,
+        )  # fmt: skip
 
     def options(self, variant: Variant) -> EngineOptions:
         """What ``videomla generate`` runs on this device (``fast=False``: the reference kernels)."""
         cuda = self.device.type == "cuda"
-        return EngineOptions(
-            compile=variant.fast and cuda, cuda_graphs=variant.fast and cuda, compile_backend=self.setup.compile_backend
-        )
+        fast = variant.fast and cuda
+        mla_path = variant.mla_path if variant.attention == "mla" else "auto"
+        return EngineOptions(fast, fast, self.setup.compile_backend, mla_path=mla_path, kv_fp8=variant.kv_fp8)
 
     def pipeline(self, model: CausalWanModel, variant: Variant) -> Pipeline:
         s = self.setup
@@ -186,9 +189,6 @@ class Bench:
         return Pipeline(model, spec, codec, text, options=self.options(variant), shard=self.shard)
 
     def configure(self, model: CausalWanModel, variant: Variant) -> None:
-        if variant.attention == "mla":
-            model.set_mla_path(variant.mla_path)
-            model.set_kv_dtype(variant.kv_dtype)
         model.set_stream_slicing(self.setup.stream_slicing)
 
     def kernels(self, variant: Variant):
@@ -258,7 +258,8 @@ class Bench:
         h, w = s.latent_size
         tpf = model.tokens_per_frame(h, w)
         n = variant.stream.frames_per_chunk
-        footprint = KVFootprint.of(model.cache_specs(s.dtype), model.config.dim, s.dtype, variant.stream, tpf)
+        specs = model.cache_specs(s.dtype, variant.kv_dtype)
+        footprint = KVFootprint.of(specs, model.config.dim, s.dtype, variant.stream, tpf)
         clip_chunks = math.ceil(latent_frames(s.clip_seconds) / n)
         fill_chunks = self.fill_frame(variant) // n
         chunks = max(clip_chunks, fill_chunks) + s.steady_chunks

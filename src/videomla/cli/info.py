@@ -42,15 +42,14 @@ def describe(cfg: ModelConfig, args: argparse.Namespace) -> dict:
     check_video_size(args.height, args.width, args.vae_stride, cfg.patch_size)
     with torch.device("meta"):  # shapes only: no memory even for the 1.3B preset
         model = CausalWanModel(cfg)
-    if args.kv_fp8:
-        if not cfg.mla_layers:
-            raise ValueError("--kv-fp8 applies to MLA latents; add --attention mla")
-        model.set_kv_dtype(torch.float8_e4m3fn)
+    if args.kv_fp8 and not cfg.mla_layers:
+        raise ValueError("--kv-fp8 applies to MLA latents; add --attention mla")
+    latent_dtype = torch.float8_e4m3fn if args.kv_fp8 else None
     dtype = parse_dtype(args.dtype)
     stream = stream_from_args(args)
     latent_h, latent_w = check_video_size(args.height, args.width, args.vae_stride, cfg.patch_size)
     tpf = model.tokens_per_frame(latent_h, latent_w)
-    fp = KVFootprint.of(model.cache_specs(dtype), cfg.dim, dtype, stream, tpf)
+    fp = KVFootprint.of(model.cache_specs(dtype, latent_dtype), cfg.dim, dtype, stream, tpf)
     return {
         "config": cfg.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.common import fast_kernels
+from ..attention.context import MLAPath, check_mla_path
 from ..cache import KVFootprint, StreamingCache, spec_bytes
 from ..config import StreamConfig
 from ..model import CausalWanModel
@@ -49,25 +50,36 @@ class LatentGeometry:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the chunk step runs. ``None`` means: on for CUDA, off elsewhere.
+    """How the chunk step runs and what its cache holds: the one place both are chosen.
 
     ``compile``: the fused-kernel fast path (``compile_backend`` is the ``torch.compile``
     backend; ``"eager"`` / ``"aot_eager"`` run it without a C++ toolchain). ``cuda_graphs``:
-    replay chunk forwards from CUDA graphs (CUDA only).
+    replay chunk forwards from CUDA graphs (CUDA only). ``None`` means: on for CUDA, off
+    elsewhere. ``mla_path``: how MLA layers attend (``"naive"`` is the reference);
+    ``kv_fp8``: MLA latents cached as e4m3 with per-token scales.
     """
 
     compile: bool | None = None
     cuda_graphs: bool | None = None
     compile_backend: str = "inductor"
+    mla_path: MLAPath = "auto"
+    kv_fp8: bool = False
+
+    def __post_init__(self) -> None:
+        check_mla_path(self.mla_path)
+
+    @property
+    def latent_dtype(self) -> torch.dtype | None:
+        return torch.float8_e4m3fn if self.kv_fp8 else None
 
     def resolve(self, device: torch.device) -> EngineOptions:
         cuda = device.type == "cuda"
         if self.cuda_graphs and not cuda:
             raise ValueError(f"CUDA graphs need a CUDA device, the model is on {device}")
-        return EngineOptions(
+        return dataclasses.replace(
+            self,
             compile=cuda if self.compile is None else self.compile,
             cuda_graphs=cuda if self.cuda_graphs is None else self.cuda_graphs,
-            compile_backend=self.compile_backend,
         )
 
 
@@ -93,13 +105,14 @@ def check_cache_fits(
     dtype: torch.dtype,
     device: torch.device,
     shard: TokenShard | None = None,
+    latent_dtype: torch.dtype | None = None,
 ) -> int:
     """The bytes the cache will take; a ValueError naming them when the device cannot hold them."""
     tokens = model.tokens_per_frame(geometry.height, geometry.width)
     if shard is not None:
         tokens = shard.local_tokens(tokens)
     slots = stream.cached_frames + stream.frames_per_chunk
-    need = sum(spec_bytes(spec) for spec in model.cache_specs(dtype)) * slots * tokens * batch
+    need = sum(spec_bytes(spec) for spec in model.cache_specs(dtype, latent_dtype)) * slots * tokens * batch
     have = available_bytes(device)
     if have is not None and need > have:
         raise ValueError(
@@ -145,10 +158,9 @@ class StreamEngine:
             self.options = dataclasses.replace(self.options, cuda_graphs=False)
         self.shard = shard
         self.cache_dtype = cache_dtype or self.dtype
-        check_cache_fits(model, stream, geometry, batch, self.cache_dtype, self.device, shard)
-        self.cache: StreamingCache = model.new_cache(
-            stream, batch, geometry.height, geometry.width, self.cache_dtype, self.device, shard
-        )
+        o = self.options
+        check_cache_fits(model, stream, geometry, batch, self.cache_dtype, self.device, shard, o.latent_dtype)
+        self.cache: StreamingCache = self._new_cache(batch, shard)
         self.graphs = ChunkGraphs(model) if self.options.cuda_graphs else None
         self.keep_history = keep_history
         self.history: LatentHistory | None = None
@@ -266,8 +278,7 @@ class StreamEngine:
     def first_nonfinite_layer(self) -> int | None:
         """Probe (only after a failure): one forward of fresh noise against an empty cache, watching
         each block's output; the first non-finite one is where the NaN/Inf starts."""
-        g = self.geometry
-        probe = self.model.new_cache(self.stream, 1, g.height, g.width, self.cache_dtype, self.device)
+        probe = self._new_cache(1, None)
         bad: list[int] = []
         hooks = [
             block.register_forward_hook(
@@ -288,6 +299,13 @@ class StreamEngine:
         return bad[0] if bad else None
 
     # -- helpers --------------------------------------------------------------------------------
+    def _new_cache(self, batch: int, shard: TokenShard | None) -> StreamingCache:
+        g, o = self.geometry, self.options
+        return self.model.new_cache(
+            self.stream, batch, g.height, g.width, self.cache_dtype, self.device, shard,
+            latent_dtype=o.latent_dtype, mla_path=o.mla_path,
+        )  # fmt: skip
+
     def _kernels(self):
         return fast_kernels(self.options.compile_backend) if self.options.compile else nullcontext()
 

@@ -15,6 +15,7 @@ the switch time. With ``recache=True`` the cache is also rebuilt then under the 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -541,42 +542,33 @@ class _StepTimer:
 
 
 def generate(
-    prompt: Prompts,
-    seconds: float | None = None,
-    checkpoint: str | Path | None = None,
-    *,
-    out: str | Path | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    vae: str | Path | None = None,
-    text_encoder: str | Path | None = None,
-    attention: str | None = None,
-    mla_path: str = "auto",
-    which: str = "auto",
-    options: EngineOptions | None = None,
-    **request: Any,
+    prompt: Prompts, seconds: float | None = None, checkpoint: str | Path | None = None, **keywords: Any
 ) -> Iterator[FrameChunk]:
     """One call from prompt to frames: load ``checkpoint`` and return :meth:`Pipeline.stream`'s iterator.
 
-    ``request`` holds :meth:`GenerationRequest.build`'s keyword arguments; they are validated
-    (with the output path and format) before the model loads. Build a :class:`Pipeline` once to
+    ``keywords`` are told apart by name: :meth:`Pipeline.from_checkpoint`'s keyword arguments
+    (``device``, ``dtype``, ``vae``, ``text_encoder``, ``attention``, ``mla_path``, ``which``,
+    ``kv_fp8``, ``options``, ``compute``, ``lora`` ...) load the model; the rest are
+    :meth:`GenerationRequest.build`'s (``out``, ``seed``, ``stream``, ``steps`` ...) and are validated,
+    with the output path and format, before the model loads. Build a :class:`Pipeline` once to
     generate several videos. Nothing runs until the iterator is iterated; one dropped unused
     (``videomla.generate(..., out="a.mp4")`` alone) warns that nothing was written.
     """
-    _, spec = resolve_spec(checkpoint, vae, text_encoder)
-    checked = GenerationRequest.build(spec, prompt, seconds, out=out, **request)
-    pipe = Pipeline.from_checkpoint(
-        checkpoint,
-        device=device,
-        dtype=dtype,
-        vae=vae,
-        text_encoder=text_encoder,
-        attention=attention,
-        mla_path=mla_path,
-        which=which,
-        options=options,
-    )
+    load = {p.name: keywords.pop(p.name) for p in _LOAD_KEYWORDS if p.name in keywords}
+    _, spec = resolve_spec(checkpoint, load.get("vae"), load.get("text_encoder"))
+    checked = GenerationRequest.build(spec, prompt, seconds, **keywords)
+    pipe = Pipeline.from_checkpoint(checkpoint, **load)
     return LazyStream(pipe.run(dataclasses.replace(checked, spec=pipe.spec)), checked.out)
+
+
+def _keywords(function: Callable[..., Any], skip: int) -> list[inspect.Parameter]:
+    return list(inspect.signature(function).parameters.values())[skip:]
+
+
+_LOAD_KEYWORDS = _keywords(Pipeline.from_checkpoint, 1)  # what generate() forwards: all but `checkpoint`
+# help(generate) and editors show every keyword it takes: its own three, then both callees' (not copied by hand).
+_SIGNATURE = [*_keywords(generate, 0)[:-1], *_LOAD_KEYWORDS, *_keywords(GenerationRequest.build, 3)]
+generate.__signature__ = inspect.signature(generate).replace(parameters=_SIGNATURE)  # type: ignore[attr-defined]
 
 
 class LazyStream(Iterator[FrameChunk]):
