@@ -73,12 +73,12 @@ class VideoOutput:
     summary: RunSummary
 
 
-def check_attention(model: CausalWanModel, attention: str | None, mla_path: str = "auto") -> None:
-    """``attention`` converts nothing: it asserts what the checkpoint holds and selects the MLA path."""
+def check_attention(model: CausalWanModel, attention: str | None, options: EngineOptions) -> None:
+    """``attention`` converts nothing: it asserts what the checkpoint holds, and that the engine's
+    MLA choices (path, fp8 latents) have MLA layers to apply to."""
     if attention not in (None, "dense", "mla"):
         raise ValueError(f"attention must be 'dense' or 'mla', got {attention!r}")
-    if mla_path not in ("auto", "naive", "materialised", "absorbed"):
-        raise ValueError(f"mla_path must be 'auto', 'naive', 'materialised' or 'absorbed', got {mla_path!r}")
+    mla_path = options.mla_path
     n_mla, n = len(model.mla_layers()), len(model.blocks)
     has = f"MLA attention in {n_mla} of {n} layers" if n_mla else "dense attention in all layers"
     if attention == "dense" and n_mla:
@@ -87,7 +87,8 @@ def check_attention(model: CausalWanModel, attention: str | None, mla_path: str 
         raise ValueError(f"MLA attention was asked for, but the checkpoint has {has}; convert or distill it first")
     if mla_path != "auto" and not n_mla:
         raise ValueError(f"an MLA path ({mla_path}) was asked for, but the checkpoint has {has}")
-    model.set_mla_path(mla_path)
+    if options.kv_fp8 and not n_mla:
+        raise ValueError(f"--kv-fp8 stores MLA latents in fp8, but the checkpoint has {has}")
 
 
 def build_codec(spec: CodecSpec, device: torch.device, dtype: torch.dtype) -> VideoCodec:
@@ -247,6 +248,9 @@ class Pipeline:
         LoRA file (LongLive's ``lora.pt``, peft naming) merged into the weights, scaled by
         ``lora_alpha / rank`` (default alpha = rank, LongLive's).
         """
+        options = options or EngineOptions()
+        if mla_path != "auto" or kv_fp8:  # the keyword spellings of the engine's own choices
+            options = dataclasses.replace(options, mla_path=mla_path, kv_fp8=kv_fp8 or options.kv_fp8)
         path, spec = resolve_spec(checkpoint, vae, text_encoder)
         device = resolve_device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -259,12 +263,8 @@ class Pipeline:
             merge_lora(model, lora, lora_alpha)
         if device.type == "cpu":
             set_cpu_threads(threads, model)
-        check_attention(model, attention, mla_path)
+        check_attention(model, attention, options)
         set_compute(model, compute)  # "fp8": e4m3 linears in the blocks (videomla.quant)
-        if kv_fp8:
-            if not model.mla_layers():
-                raise ValueError("--kv-fp8 stores MLA latents in fp8, but this checkpoint has no MLA layers")
-            model.set_kv_dtype(torch.float8_e4m3fn)
         encoder = encoder or build_text_encoder(spec.text_encoder, model.config.text_dim, device, dtype)
         if offload_text_encoder and getattr(encoder, "encoder", None) is not None:
             encoder.encoder.to("cpu")
@@ -425,6 +425,8 @@ class Pipeline:
                 "compile": self.options.compile,
                 "compute": "fp8" if any(isinstance(m, FP8Linear) for m in self.model.modules()) else "bf16",
                 "cuda_graphs": self.options.cuda_graphs,
+                "mla_path": self.options.mla_path,
+                "kv_fp8": self.options.kv_fp8,
                 "decode_overlap": self.decode_overlap and cuda,
                 "threads": torch.get_num_threads() if not cuda else None,
             },
