@@ -152,6 +152,65 @@ def test_gif_and_png_grid(pipe, tmp_path, seed):
     assert not any(p.name.startswith(".grid") for p in tmp_path.iterdir())  # the temp file was renamed
 
 
+def test_video_io_reads_what_its_writers_wrote(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from videomla import video_io
+
+    frames = np.zeros((6, 16, 24, 3), np.uint8)  # flat colours: nearly lossless through a GIF palette
+    frames[:, 4:12, 6:18] = (200, 40, 40)
+    frames[3:, :, :4] = 255
+    for name, options in (("v.mp4", {"crf": 0, "pix_fmt": "yuv444p"}), ("v.gif", {})):
+        writer = video_io.open_writer(tmp_path / name, video_io.format_for(name), 8, 16, 24, **options)
+        writer.write(frames)
+        writer.close()
+        got, fps = video_io.read_frames(tmp_path / name)
+        assert got.dtype == np.uint8 and got.shape == frames.shape and fps == pytest.approx(8, rel=0.05), name
+        assert np.abs(got.astype(int) - frames).max() <= 2, name
+        video, same_fps = video_io.load_video(tmp_path / name)
+        assert video.shape == (3, 6, 16, 24) and same_fps == fps
+        assert torch.equal(video, torch.from_numpy(got).permute(3, 0, 1, 2).float() / 127.5 - 1)
+
+    clip = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # [3, T, H, W] in [-1, 1]
+    torch.save(clip[None], tmp_path / "batch.pt")  # a leading batch of 1 is dropped
+    np.save(tmp_path / "last.npy", frames)  # channels last, uint8
+    (tmp_path / "png").mkdir()
+    for i, frame in enumerate(np.concatenate([frames, np.full((6, 16, 24, 1), 255, np.uint8)], -1)):  # RGBA
+        Image.fromarray(frame).save(tmp_path / "png" / f"{i:03d}.png")
+    for name in ("batch.pt", "last.npy", "png"):
+        video, fps = video_io.load_video(tmp_path / name)
+        assert fps is None and torch.equal(video, clip), name
+
+    (tmp_path / "text.mp4").write_text("not a video")
+    np.save(tmp_path / "bright.npy", clip.numpy() * 2)
+    (tmp_path / "batch.pt.txt").touch()
+    for name, error, message in (
+        ("none.gif", FileNotFoundError, "no such video"),
+        ("text.mp4", ValueError, "cannot read .*text.mp4 as video"),
+        ("bright.npy", ValueError, r"must be in \[-1, 1\]"),
+        ("batch.pt.txt", ValueError, "unknown format"),
+    ):
+        with pytest.raises(error, match=message):
+            video_io.load_video(tmp_path / name)
+    found = video_io.find_videos([tmp_path, tmp_path / "png"])  # a folder of videos, then a folder of frames
+    videos = ("batch.pt", "bright.npy", "last.npy", "text.mp4", "v.gif", "v.mp4")
+    assert found == [*(tmp_path / n for n in videos), tmp_path / "png"]
+    assert video_io.find_videos([tmp_path / "png"]) == [tmp_path / "png"]
+
+    class WithAlpha:  # a decoder giving RGBA frames and a frame duration, as GIFs with transparency do
+        @staticmethod
+        def imread(path, index=None, plugin=None):
+            return np.concatenate([frames, np.zeros((6, 16, 24, 1), np.uint8)], -1)
+
+        @staticmethod
+        def immeta(path, plugin=None):
+            return {"duration": 125}
+
+    monkeypatch.setattr(video_io, "_imageio", lambda: WithAlpha)
+    got, fps = video_io.read_frames(tmp_path / "v.gif")
+    assert np.array_equal(got, frames) and fps == 8
+
+
 def test_python_api_and_reuse(ckpt, pipe, tmp_path, seed):
     first = list(videomla.generate("a red ball", 1.5, ckpt, seed=seed, output="torch", device="cpu"))
     assert all(c.frames.dtype == torch.uint8 for c in first)

@@ -1,4 +1,5 @@
-"""Streaming video writers: frames are appended as they are generated, never held in memory.
+"""Video files in and out: streaming writers (frames appended as generated, never held in memory)
+and the readers ``evaluate`` and ``generate --continue-from`` use (:func:`load_video`, :func:`read_frames`).
 
 Every writer works on a temporary file *beside* the output (``.NAME.XXXXXXXX.partial.SUFFIX``)
 and publishes it onto the output name with an atomic rename only when the file is finished, so an
@@ -27,9 +28,10 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +39,9 @@ import torch
 from .io_utils import deferred_signals, make_temp_file, os_error_message, publish
 
 FORMATS = ("mp4", "gif", "png-grid")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")  # what read_frames decodes
+TENSOR_SUFFIXES = (".pt", ".npy")  # saved arrays load_video also reads
+LOSSY_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv")  # usually 4:2:0 chroma: small objects' edges smear
 _SUFFIX_FORMAT = {".mp4": "mp4", ".gif": "gif", ".png": "png-grid"}
 PIX_FMTS = ("yuv420p", "yuv444p")
 DEFAULT_CRF = 18
@@ -552,3 +557,101 @@ def open_writer(
 def _fps_fraction(fps: float) -> Fraction:
     """PyAV wants a rational frame rate: 16 -> 16/1, 12.5 -> 25/2."""
     return Fraction(fps).limit_denominator(1001)
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _imageio() -> Any:
+    try:
+        import imageio.v3 as iio
+    except ImportError as err:  # an optional extra
+        raise ImportError(f"reading video files needs imageio: {INSTALL_HINT}") from err
+    return iio
+
+
+def read_frames(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """(uint8 frames [T, H, W, 3] of a video file, its frame rate or None), decoded by imageio and PyAV.
+
+    Alpha is dropped (GIF frames may come as RGBA); a file that does not decode is one ValueError
+    naming it, not the decoder's traceback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such video: {path}")
+    iio = _imageio()
+    plugin = None if path.suffix.lower() == ".gif" else "pyav"  # what the video extra installs (no ffmpeg binary)
+    try:
+        frames = iio.imread(path, index=None, plugin=plugin)
+        meta = iio.immeta(path, plugin=plugin)
+    except Exception as err:  # any decoder failure: one line naming the file
+        raise ValueError(f"cannot read {path} as video ({type(err).__name__}: {err})") from None
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+        raise ValueError(f"{path}: expected colour frames [T, H, W, 3], got shape {tuple(frames.shape)}")
+    fps = meta.get("fps") or (1000 / meta["duration"] if meta.get("duration") else None)
+    return frames[..., :3], fps
+
+
+def to_video(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
+    """An array in a common layout -> float video [3, T, H, W] in [-1, 1].
+
+    Channels first [3, T, H, W] (this package's layout, floats in [-1, 1]) or last [T, H, W, 3]
+    (what image readers give, uint8 0..255 or floats in [-1, 1]); a leading batch of 1 is dropped.
+    """
+    x = torch.as_tensor(np.asarray(array)) if not isinstance(array, torch.Tensor) else array
+    if x.dim() == 5 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 4:
+        raise ValueError(f"{source}: expected a video [3, T, H, W] or [T, H, W, 3], got shape {tuple(x.shape)}")
+    if x.shape[0] not in (3, 4) and x.shape[-1] in (3, 4):
+        x = x[..., :3].permute(3, 0, 1, 2)  # [T, H, W, C] -> [3, T, H, W], alpha dropped
+    elif x.shape[0] != 3:
+        raise ValueError(f"{source}: no RGB axis in shape {tuple(x.shape)} (need 3 channels first or last)")
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1
+    if not x.is_floating_point():
+        raise ValueError(f"{source}: expected uint8 or float values, got {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.05 or hi > 1.05:
+        raise ValueError(f"{source}: float values must be in [-1, 1], got [{lo:.3f}, {hi:.3f}]")
+    return x.float()
+
+
+def load_video(path: str | Path) -> tuple[torch.Tensor, float | None]:
+    """(video [3, T, H, W] in [-1, 1], the file's frame rate or None) from a video file, a saved
+    tensor (.pt / .npy) or a folder of PNG frames."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such video: {path}")
+    if path.is_dir():
+        frames = sorted(path.glob("*.png"))
+        if not frames:
+            raise FileNotFoundError(f"{path} holds no .png frames")
+        iio = _imageio()
+        return to_video(np.stack([iio.imread(f) for f in frames]), str(path)), None
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"{path}: expected a saved tensor, got {type(data).__name__}")
+        return to_video(data, str(path)), None
+    if suffix == ".npy":
+        return to_video(np.load(path, allow_pickle=False), str(path)), None
+    if suffix in VIDEO_SUFFIXES:
+        frames, fps = read_frames(path)
+        return to_video(frames, str(path)), fps
+    raise ValueError(f"{path}: unknown format; use {', '.join(VIDEO_SUFFIXES + TENSOR_SUFFIXES)} or a folder of .png")
+
+
+def find_videos(paths: Iterable[str | Path]) -> list[Path]:
+    """What :func:`load_video` reads in ``paths``: folders of videos/tensors become their files; a
+    folder of PNG frames stays one video."""
+    out = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir() and not any(path.glob("*.png")):
+            found = sorted(f for f in path.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES + TENSOR_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{path} holds no videos, tensors or .png frames")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out

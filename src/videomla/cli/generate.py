@@ -252,22 +252,10 @@ def _init_sequence_parallel(args: argparse.Namespace):
 
 def _read_context(path: str, spec, frames_per_chunk: int | None):
     """The video's last frames that make whole chunks (the cache holds only the latest ones anyway)."""
-    from pathlib import Path
-
     from ..pipeline import chunks_for_frames
+    from ..video_io import read_frames
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--continue-from: no video at {path}")
-    try:
-        import imageio.v3 as iio
-    except ImportError as err:
-        raise ImportError('--continue-from reads video with imageio: pip install "videomla[video]"') from err
-    try:
-        frames = iio.imread(path, plugin="pyav" if Path(path).suffix != ".gif" else None)
-    except Exception as err:  # any decoder failure: one line naming the file
-        raise ValueError(f"--continue-from: cannot read {path} as video ({type(err).__name__}: {err})") from None
-    if frames.ndim == 4 and frames.shape[-1] == 4:
-        frames = frames[..., :3]  # gif frames come as RGBA
+    frames, _ = read_frames(path)
     stream = (
         spec.stream if frames_per_chunk is None else dataclasses.replace(spec.stream, frames_per_chunk=frames_per_chunk)
     )
