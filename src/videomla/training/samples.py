@@ -12,7 +12,6 @@ renamed to ``RUN/samples/step_XXXXXXXX`` when complete (:func:`videomla.io_utils
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,13 @@ from ..io_utils import atomic_folder
 from ..model import CausalWanModel
 from ..pipeline import GenerationRequest, GenerationSpec, Pipeline, build_codec, build_text_encoder
 from ..text import TextEncoder
-from .checkpointing import step_dir_name
+from .checkpointing import STEP_DIR, step_dir_name
 from .config import HeldoutSection, SamplesSection
 from .data import ClipSource, LatentFolder, WorldSource
 from .distributed import DistInfo, reshard
 
 SAMPLES_DIR = "samples"
 INDEX_FILE = "samples.json"
-STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 @dataclass(frozen=True)
