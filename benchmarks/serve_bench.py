@@ -27,6 +27,7 @@ from websockets.sync.client import connect
 from videomla.pipeline import Pipeline
 from videomla.serve import Scheduler
 from videomla.serve.app import create_app
+from videomla.tables import render_table
 
 
 def post(base: str, path: str, body: dict) -> dict:
@@ -121,12 +122,14 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    print("| streams | aggregate FPS | per-stream FPS | first frame (min / median / max s) |")
-    print("|---|---|---|---|")
+    header = ["streams", "aggregate FPS", "per-stream FPS", "first frame (min / median / max s)"]
+    rows = []
     for lv in levels:
         ff = lv["first_frame_s"]
-        print(f"| {lv['streams']} | {lv['aggregate_fps']} | {lv['per_stream_fps']} | "
-              f"{ff['min']} / {ff['median']} / {ff['max']} |")  # fmt: skip
+        rows.append(
+            [lv["streams"], lv["aggregate_fps"], lv["per_stream_fps"], f"{ff['min']} / {ff['median']} / {ff['max']}"]
+        )
+    print(render_table(header, rows, markdown=True))
 
 
 if __name__ == "__main__":

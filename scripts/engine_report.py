@@ -9,17 +9,17 @@ import json
 import sys
 from pathlib import Path
 
+from videomla.tables import render_table
+
 
 def main() -> None:
     out = Path(sys.argv[1])
     bench = json.loads((out / "bench.json").read_text())
     meta = bench["meta"]
     print(f"# bench vs generate ({meta['device']}, {meta['date']}, commit {meta['git_commit']})\n")
-    print(
-        "| variant | bench FPS (no decode) | generate FPS (no decode) | ratio | bench FPS w/ VAE "
-        "| generate FPS w/ VAE | ratio | bench TTFC ms | generate first chunk s (cold) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    header = ["variant", "bench FPS (no decode)", "generate FPS (no decode)", "ratio", "bench FPS w/ VAE"]
+    header += ["generate FPS w/ VAE", "ratio", "bench TTFC ms", "generate first chunk s (cold)"]
+    rows = []
     for v in bench["variants"]:
         path = out / f"gen-{v['name']}.json"
         if not path.is_file():
@@ -27,8 +27,9 @@ def main() -> None:
         g, s = json.loads(path.read_text()), v["stream"]
         a, b = s["fps_transformer"], g["fps_steady_without_decode"]
         c, d = s["fps_with_vae"], g["fps_steady"]
-        print(f"| {v['name']} | {a:.1f} | {b:.1f} | {b / a:.3f} | {c:.1f} | {d:.1f} | {d / c:.3f} "
-              f"| {s['ttfc_wall_ms']:.0f} | {g['time_to_first_chunk_seconds']:.2f} |")  # fmt: skip
+        rows.append([v["name"], f"{a:.1f}", f"{b:.1f}", f"{b / a:.3f}", f"{c:.1f}", f"{d:.1f}", f"{d / c:.3f}",
+                     f"{s['ttfc_wall_ms']:.0f}", f"{g['time_to_first_chunk_seconds']:.2f}"])  # fmt: skip
+    print(render_table(header, rows, markdown=True))
     seq = out / "gen-mla-auto-sequential-decode.json"
     if seq.is_file():
         g = json.loads(seq.read_text())

@@ -35,6 +35,7 @@ from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import METRICS, evaluate
 from videomla.sampler import LatentGeometry, stream_latents
 from videomla.schedule import FOUR_STEPS, SamplingSchedule
+from videomla.tables import render_table
 from videomla.text import HashTextEncoder
 from videomla.training.config import config_from_dict
 from videomla.training.trainer import Trainer
@@ -356,21 +357,25 @@ def figure(root: Path, out: Path, prompt_index: int = 0) -> Path:
 
 def report(studies: list[dict]) -> str:
     """The markdown tables of docs/reproduction.md, from the study files (nothing typed by hand)."""
-    lines = ["| run | device | steps | seconds | final loss |", "|---|---|---|---|---|"]
-    for s in studies:
-        for name, r in s["runs"].items():
-            lines.append(f"| {name} | {s['device']} | {r['steps']} | {r['seconds']:.0f} | {r['final']['loss']:.4f} |")
+    runs = [
+        [name, s["device"], r["steps"], f"{r['seconds']:.0f}", f"{r['final']['loss']:.4f}"]
+        for s in studies
+        for name, r in s["runs"].items()
+    ]
     rows = {"real clips": studies[0]["real_clips"], "teacher, 8 steps": studies[0]["teacher_8_steps"]}
     rows |= {name: scores for s in studies for name, scores in s["students"].items()}
-    lines += ["", "| model | KV numbers / token / layer | " + " | ".join(f"overall {h}" for h in HORIZONS)]
-    lines[-1] += " | " + " | ".join(f"{m} 12x" for m in METRICS) + " | CPU FPS |"
-    lines.append("|---" * (3 + len(HORIZONS) + len(METRICS)) + "|")
+    header = ["model", "KV numbers / token / layer", *(f"overall {h}" for h in HORIZONS)]
+    header += [*(f"{m} 12x" for m in METRICS), "CPU FPS"]
+    scores = []
     for name, r in rows.items():
         kv = r.get("kv_numbers_per_token_per_layer", "-")
         fps = f"{r['speed']['fps']:.1f}" if "speed" in r else "-"
         cells = [f"{r[h]['overall']:.3f}" for h in HORIZONS] + [f"{r['12x'][m]:.3f}" for m in METRICS]
-        lines.append(f"| {name} | {kv} | " + " | ".join(cells) + f" | {fps} |")
-    return "\n".join(lines)
+        scores.append([name, kv, *cells, fps])
+    return "\n\n".join([
+        render_table(["run", "device", "steps", "seconds", "final loss"], runs, markdown=True),
+        render_table(header, scores, markdown=True),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import AGGREGATES, METRICS, evaluate
 from videomla.sampler import LatentGeometry, stream_latents
 from videomla.schedule import SamplingSchedule
+from videomla.tables import render_table
 from videomla.text import HashTextEncoder
 
 PROMPT_SEED = 777
@@ -101,9 +102,8 @@ def main() -> None:
         print(f"{steps} steps: {time.perf_counter() - start:.0f} s", flush=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     cols = (*METRICS, *AGGREGATES)
-    print(f"{'run':>16} " + " ".join(f"{c[:11]:>11}" for c in cols))
-    for name, run in result["runs"].items():
-        print(f"{name:>16} " + " ".join(f"{run['mean'][c]:11.3f}" for c in cols))
+    rows = ([name, *(f"{run['mean'][c]:.3f}" for c in cols)] for name, run in result["runs"].items())
+    print(render_table(["run", *cols], rows))
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 

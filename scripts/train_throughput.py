@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from videomla.tables import render_table
+
 HORIZON = 21
 STREAM = {"frames_per_chunk": 3, "sink_frames": 1, "window_frames": 6, "rope_mode": "window-relative"}
 WORLD = {"num_clips": 1_000_000, "spatial_stride": 4, "offset": -0.76, "scale": 2.9, "seed": 0}
@@ -187,19 +189,19 @@ def markdown(result: dict) -> str:
         f"Device: {result['device']}; torch {result['torch']}; commit {result['commit']}.",
         f"Command: `{result['command']}`",
         "",
-        "| case | batch | s / step | clips / s | vs before | peak GiB | warm-up s |",
-        "|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"| {name} | | error: {r['error'][:80]} | | | | |")
+            cells.append([name, "", f"error: {r['error'][:80]}", "", "", "", ""])
             continue
         ratio = f"{r['clips_per_s'] / base:.1f}x" if base else "-"
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
-        lines.append(
-            f"| {name} | {r['batch']} | {r['s_per_step']:.4f} | {r['clips_per_s']:.3g} | {ratio} | {peak} | "
-            f"{r['warmup_s']:.1f} |"
+        cells.append(
+            [name, r["batch"], f"{r['s_per_step']:.4f}", f"{r['clips_per_s']:.3g}", ratio, peak, f"{r['warmup_s']:.1f}"]
         )
+    header = ["case", "batch", "s / step", "clips / s", "vs before", "peak GiB", "warm-up s"]
+    lines.append(render_table(header, cells, markdown=True))
     if "data" in result:
         d = result["data"]
         lines += [

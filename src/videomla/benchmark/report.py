@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..tables import render_table
+
 SCHEMA = "videomla-bench/1"
 GIB = 1 << 30
 
@@ -231,21 +233,23 @@ def markdown(report: dict) -> str:
         "(Wan-VAE decodes latent frame 0 to one frame). Steady FPS = 12 / median steady-chunk time; "
         "5 s FPS = 81 frames / time of the first 7 chunks from a cold cache.",
         "",
-        "| variant | attended frames | path | KV B/token (all layers) | chunk ms | FPS | 5 s FPS | TTFC ms "
-        "| VAE ms | FPS w/ VAE | TFLOP/chunk | % of matmul peak | FLOP-floor FPS bf16 / fp8 | fast vs ref err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = ["variant", "attended frames", "path", "KV B/token (all layers)", "chunk ms", "FPS", "5 s FPS"]
+    header += ["TTFC ms", "VAE ms", "FPS w/ VAE", "TFLOP/chunk", "% of matmul peak", "FLOP-floor FPS bf16 / fp8"]
+    header += ["fast vs ref err"]
+    rows = []
     for v in report["variants"]:
         s = v["stream"]
         frac = s["fraction_of_matmul_peak"]
-        lines.append(
-            f"| {v['name']} | {v['window']['label']} | {v['mla_path']}{' fp8' if v['kv_fp8'] else ''}"
-            f"{'' if v['fast_kernels'] else ' (eager)'} | {v['kv_bytes_per_token']:,} | {_f(s['steady_chunk_ms'])} "
-            f"| {_f(s['fps_transformer'])} | {_f(s['clip_fps_transformer'])} | {_f(s['ttfc_ms'])} "
-            f"| {_f(s['vae_chunk_ms'])} | {_f(s['fps_with_vae'])} | {v['flops']['per_chunk'] / 1e12:.3g} "
-            f"| {_f(None if frac is None else 100 * frac)} | {_floor(s)} "
-            f"| {_f(v['fast_vs_reference_rel_err'], '.1e')} |"
-        )
+        path = f"{v['mla_path']}{' fp8' if v['kv_fp8'] else ''}{'' if v['fast_kernels'] else ' (eager)'}"
+        peak = _f(None if frac is None else 100 * frac)
+        rows.append([
+            v["name"], v["window"]["label"], path, f"{v['kv_bytes_per_token']:,}", _f(s["steady_chunk_ms"]),
+            _f(s["fps_transformer"]), _f(s["clip_fps_transformer"]), _f(s["ttfc_ms"]), _f(s["vae_chunk_ms"]),
+            _f(s["fps_with_vae"]), f"{v['flops']['per_chunk'] / 1e12:.3g}", peak, _floor(s),
+            _f(v["fast_vs_reference_rel_err"], ".1e"),
+        ])  # fmt: skip
+    lines.append(render_table(header, rows, markdown=True))
     for v in report["variants"]:
         if v.get("graph_error"):
             lines.append(f"\n{v['name']}: CUDA graph capture failed, ran eagerly: {v['graph_error']}")
@@ -255,9 +259,8 @@ def markdown(report: dict) -> str:
         "Peak GPU memory (GiB, allocated, model + VAE + cache + activations) after streaming to each point; "
         "'ff' = cache carried there by the stream's own commits without model forwards, then chunks run.",
         "",
-        "| variant | cache (GiB) | " + " | ".join(horizons) + " | flat | reserved GiB, first -> last |",
-        "|---|---|" + "---|" * len(horizons) + "---|---|",
     ]
+    rows = []
     for v in report["variants"]:
         cells = []
         for h in horizons:
@@ -265,19 +268,24 @@ def markdown(report: dict) -> str:
             cells.append(_gib(p["peak_allocated"]) + (" (ff)" if p["method"] == "fast-forwarded" else ""))
         points = list(v["memory"].values())
         reserved = f"{_gib(points[0].get('reserved'))} -> {_gib(points[-1].get('reserved'))}" if points else "n/a"
-        lines.append(
-            f"| {v['name']} | {_gib(v['cache_allocated_bytes'])} | "
-            + " | ".join(cells)
-            + f" | {v['memory_flat']} | {reserved} |"
-        )
+        rows.append([v["name"], _gib(v["cache_allocated_bytes"]), *cells, v["memory_flat"], reserved])
+    header = ["variant", "cache (GiB)", *horizons, "flat", "reserved GiB, first -> last"]
+    lines.append(render_table(header, rows, markdown=True))
     batched = [(v["name"], b) for v in report["variants"] for b in v["batched"]]
     if batched:
-        lines += ["", "| variant | batch | chunk ms | aggregate FPS | FPS per stream | peak GiB |", "|" + "---|" * 6]
-        for name, b in batched:
-            lines.append(
-                f"| {name} | {b['batch']} | {_f(b['steady_chunk_ms'])} | {_f(b['fps_aggregate'])} "
-                f"| {_f(b['fps_per_stream'])} | {_gib(b['peak_allocated'])} |"
-            )
+        header = ["variant", "batch", "chunk ms", "aggregate FPS", "FPS per stream", "peak GiB"]
+        rows = [
+            [
+                name,
+                b["batch"],
+                _f(b["steady_chunk_ms"]),
+                _f(b["fps_aggregate"]),
+                _f(b["fps_per_stream"]),
+                _gib(b["peak_allocated"]),
+            ]
+            for name, b in batched
+        ]
+        lines += ["", render_table(header, rows, markdown=True)]
     conc = [v["concurrency"] for v in report["variants"] if v["concurrency"]]
     if conc:
         lines += [
@@ -286,18 +294,26 @@ def markdown(report: dict) -> str:
             "(static + per-stream bytes); the most streams under the card's capacity (minus a margin) is then "
             "run once to verify.",
             "",
-            "| variant | static GiB | per stream GiB | capacity GiB | max streams | verified |",
-            "|---|---|---|---|---|---|",
         ]
+        rows = []
         for c in conc:
             ver = ", ".join(f"{x['batch']}: {'ok' if x['ok'] else 'OOM'}" for x in c["verified"])
-            lines.append(
-                f"| {c['variant']} | {_gib(c['static_bytes'])} | {c['per_stream_bytes'] / GIB:.3f} "
-                f"| {_gib(c['capacity_bytes'])} | {c['max_streams']} | {ver} |"
+            rows.append(
+                [
+                    c["variant"],
+                    _gib(c["static_bytes"]),
+                    f"{c['per_stream_bytes'] / GIB:.3f}",
+                    _gib(c["capacity_bytes"]),
+                    c["max_streams"],
+                    ver,
+                ]
             )
-    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+        header = ["variant", "static GiB", "per stream GiB", "capacity GiB", "max streams", "verified"]
+        lines.append(render_table(header, rows, markdown=True))
+    rows = []
     for t in report["targets"]:
         value = t["value"]
         shown = value if isinstance(value, bool) or value is None else f"{value:.3g}"
-        lines.append(f"| {t['name']} | {shown} | {t['target']} | {t['met']} |")
+        rows.append([t["name"], shown, t["target"], t["met"]])
+    lines += ["", render_table(["target", "measured", "goal", "met"], rows, markdown=True)]
     return "\n".join(lines) + "\n"

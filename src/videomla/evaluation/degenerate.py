@@ -28,6 +28,7 @@ from ..data.world import (
     shape_coverage,
     trajectories,
 )
+from ..tables import render_table
 
 
 def gaussian_blur(video: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -154,10 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows = table(args.clips, args.seconds, args.seed)
     keys = [k for k in rows[0] if k != "variant"]
-    print("| variant | " + " | ".join(keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
-    for row in rows:
-        print(f"| {row['variant']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+    cells = ([row["variant"], *(f"{row[k]:.3f}" for k in keys)] for row in rows)
+    print(render_table(["variant", *keys], cells, markdown=True))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.world import PALETTE, SHAPES, SIZES, WorldSpec, parse_caption
+from ..tables import render_table
 from .detection import NUM_COLOURS, Detections, detect, ideal_areas
 
 METRICS = ("adherence", "persistence", "shape", "smoothness", "dynamic", "imaging")
@@ -211,13 +212,12 @@ class Evaluation:
         return asdict(self)
 
     def table(self) -> str:
-        cols = (*METRICS, "overall", "mean", "pass_rate")
-        lines = [f"{'window':>13} " + " ".join(f"{c[:11]:>11}" for c in cols)]
-        for win in self.windows:
-            lines.append(f"{win['start_s']:5.1f}-{win['end_s']:5.1f} s " + " ".join(f"{win[c]:11.3f}" for c in cols))
-        lines.append(f"{'all':>13} " + " ".join(f"{self.overall[c]:11.3f}" for c in cols))
-        lines.append(f"{'drift':>13} " + " ".join(f"{self.drift[c]:+11.3f}" for c in cols))
-        return "\n".join(lines)
+        """Every window's scores, then ``all`` and ``drift``: what ``videomla evaluate`` prints."""
+        cols = (*METRICS, *AGGREGATES)
+        rows = [[f"{w['start_s']:.1f}-{w['end_s']:.1f} s", *(f"{w[c]:.3f}" for c in cols)] for w in self.windows]
+        rows.append(["all", *(f"{self.overall[c]:.3f}" for c in cols)])
+        rows.append(["drift", *(f"{self.drift[c]:+.3f}" for c in cols)])
+        return render_table(["window", *cols], rows)
 
 
 def window_bounds(num_frames: int, frames_per_window: int) -> list[tuple[int, int]]:
