@@ -13,7 +13,7 @@ from videomla.checkpoint import save_model
 from videomla.cli import main
 from videomla.config import StreamConfig, preset
 from videomla.engine import LatentGeometry, StreamEngine
-from videomla.pipeline import GenerationSpec, Pipeline, resolve_device
+from videomla.pipeline import GenerationRequest, GenerationSpec, Pipeline, resolve_device
 from videomla.pipeline.batch import batch_items, read_prompt_file
 
 from conftest import tiny_model
@@ -160,10 +160,50 @@ def test_continue_a_video_from_frames(pipe, seed):
     cont = pipe("a red ball", num_frames=6, seed=seed, context=first.frames[:9])
     assert cont.frames.shape == (6, 24, 32, 3) and cont.summary.run["context_frames"] == 9
     assert cont.summary.chunks == 2  # chunks after the 3 of context
-    with pytest.raises(ValueError, match="whole number of chunks"):
-        pipe("a", num_frames=3, context=first.frames[:8])
     with pytest.raises(ValueError, match="uint8 frames"):
         pipe("a", num_frames=3, context=first.frames[:9].astype(np.float32))
+    with pytest.raises(ValueError, match="an image or a context"):
+        pipe("a", num_frames=3, context=first.frames[:9], image=first.frames[0])
+
+
+def test_a_context_ending_mid_chunk_conditions_the_next_chunk(pipe, seed):
+    """8 frames = 2 whole chunks + 2 frames: those 2 are given to the third chunk, not repeated in the output,
+    and the stream equals an engine run that prefills 6 latent frames and steps with the 2 given."""
+    first = pipe("a red ball", num_frames=12, seed=seed, output_type="np")
+    cont = pipe("a red ball", num_frames=7, seed=seed, context=first.frames[:8], output_type="latent")
+    assert cont.summary.run["context_frames"] == 8
+    assert cont.frames.shape[2] == 7 and cont.summary.chunks == 3  # 1 new frame in chunk 3, then 2 chunks
+    image = pipe("a red ball", num_frames=5, seed=seed, image=first.frames[0], output_type="np")
+    assert image.frames.shape[0] == 5 and image.summary.run["context_frames"] == 1
+
+
+def test_given_frames_enter_the_chunk_clean_and_come_back_unchanged(seed):
+    model = tiny_model(preset("tiny"))
+    stream, geometry = StreamConfig(sink_frames=1, window_frames=3), LatentGeometry(4, 4, 6)
+    text = model.embed_text(torch.randn(1, 5, model.config.text_dim))
+    given = torch.randn(1, 4, 1, 4, 6)
+    seen: list[torch.Tensor] = []
+    hook = model.patch_embedding.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0][:, :, :1].clone()))
+    x0 = StreamEngine(model, stream, geometry).step(text, torch.Generator().manual_seed(seed), given)
+    hook.remove()
+    assert torch.equal(x0[:, :, :1], given) and x0.shape[2] == 3
+    assert all(torch.equal(s, given) for s in seen)  # every denoising pass and the cache write saw it clean
+    plain = StreamEngine(model, stream, geometry).step(text, torch.Generator().manual_seed(seed))
+    assert not torch.allclose(plain[:, :, 1:], x0[:, :, 1:])  # the rest of the chunk depends on it
+    with pytest.raises(ValueError, match="first frames of one chunk"):
+        StreamEngine(model, stream, geometry).step(text, None, torch.randn(1, 4, 3, 4, 6))
+
+
+def test_context_lengths_follow_the_codec():
+    """Wan-VAE: 1 + 4k video frames make whole latent frames (an image is 1); other counts are refused."""
+    wan = GenerationSpec.from_dict(
+        {**META, "codec": {"type": "wan-vae"}, "video": {"height": 8, "width": 8, "fps": 16}}
+    )
+    for n, latents in ((1, 1), (5, 2), (9, 3)):
+        req = GenerationRequest.build(wan, "a", 1.0, context=np.zeros((n, 8, 8, 3), np.uint8))
+        assert req.context_latents == latents
+    with pytest.raises(ValueError, match="whole latent frames"):
+        GenerationRequest.build(wan, "a", 1.0, context=np.zeros((6, 8, 8, 3), np.uint8))
 
 
 def test_text_encoder_offload_moves_it_only_around_encoding(pipe, monkeypatch, seed):

@@ -188,21 +188,32 @@ class StreamEngine:
         return self.cache.nbytes + history
 
     # -- the chunk step -------------------------------------------------------------------------
-    def step(self, text: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    def step(self, text: torch.Tensor, generator: Generators = None, given: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise the next chunk and commit it to the cache; returns its clean latents [B, C, n, H, W].
 
         ``text``: embedded text [B or 1, L, dim] (:meth:`CausalWanModel.embed_text`).
         ``generator``: one for the batch, or one per stream (each stream's noise then equals
-        what it would draw alone).
+        what it would draw alone). ``given``: clean latents [B, C, k, H, W] of the chunk's first
+        ``k < n`` frames (the image of image-to-video, or the end of a context that stops
+        mid-chunk): they enter every denoising pass clean, at t = 0 (as cached frames do), the
+        rest of the chunk is generated around them, and they come back unchanged.
         """
-        forward = self.graphs.forward_chunk if self.graphs is not None else self.model.forward_chunk
+        k = self._check_given(given)
+        given = None if given is None else given.to(self.device, self.dtype)
+        # the chunk with given frames runs once, with per-frame timesteps: eager, not a graph replay
+        graphed = self.graphs is not None and k == 0
+        forward = self.graphs.forward_chunk if graphed else self.model.forward_chunk
         text = text.expand(self.batch, -1, -1) if text.shape[0] == 1 and self.batch > 1 else text
         steps = self.timesteps
         with self._kernels(), torch.no_grad():
             x = self._noise(generator)
             for i, t in enumerate(steps):
-                velocity = forward(x, self._timestep(t), text, self.cache)
+                if k:
+                    x[:, :, :k] = given
+                velocity = forward(x, self._timestep(t, k), text, self.cache)
                 x0 = to_x0(x, velocity, sigma_of(t))
+                if k:
+                    x0[:, :, :k] = given
                 if i + 1 < len(steps):
                     x = add_noise(x0, self._noise(generator), sigma_of(steps[i + 1]))
             forward(x0, self._timestep(0.0), text, self.cache, write=True)
@@ -211,6 +222,17 @@ class StreamEngine:
             self.history.update(x0, self.next_frame - x0.shape[2], self.cache.window.slot_frame)
         self.chunks += 1
         return x0
+
+    def _check_given(self, given: torch.Tensor | None) -> int:
+        if given is None:
+            return 0
+        b, c, n, h, w = self.chunk_shape
+        if given.ndim != 5 or given.shape[:2] != (b, c) or given.shape[3:] != (h, w) or not 0 < given.shape[2] < n:
+            raise ValueError(
+                f"given latents {tuple(given.shape)} must be [{b}, {c}, k, {h}, {w}] with 0 < k < {n} "
+                f"(the first frames of one chunk)"
+            )
+        return given.shape[2]
 
     def prefill(self, latents: torch.Tensor, text: torch.Tensor) -> None:
         """Continue a given video: commit its clean latents [B, C, F, H, W] to the cache, chunk by chunk.
@@ -309,8 +331,13 @@ class StreamEngine:
     def _kernels(self):
         return fast_kernels(self.options.compile_backend) if self.options.compile else nullcontext()
 
-    def _timestep(self, t: torch.Tensor | float) -> torch.Tensor:
-        return torch.full((self.batch,), float(t), device=self.device, dtype=torch.float64)
+    def _timestep(self, t: torch.Tensor | float, clean_frames: int = 0) -> torch.Tensor:
+        """[B] for a chunk at one timestep; [B, n] with the first ``clean_frames`` at t = 0."""
+        if not clean_frames:
+            return torch.full((self.batch,), float(t), device=self.device, dtype=torch.float64)
+        per_frame = torch.full((self.batch, self.stream.frames_per_chunk), float(t), device=self.device)
+        per_frame[:, :clean_frames] = 0.0
+        return per_frame.double()
 
     def _noise(self, generator: Generators) -> torch.Tensor:
         shape = self.chunk_shape

@@ -290,6 +290,7 @@ class Pipeline:
         num_inference_steps: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "np",
+        image: Any = None,
         **request: Any,
     ) -> VideoOutput:
         """Eager generation, as diffusers pipelines are called: the whole video in memory.
@@ -297,8 +298,13 @@ class Pipeline:
         ``num_frames`` or ``seconds`` sets the length; ``num_inference_steps`` n samples the
         evenly spaced list [1000, 1000 - 1000/n, ...] (4 -> Self-Forcing's 1000, 750, 500, 250);
         ``generator`` draws the noise (else ``seed=``); ``output_type`` "np", "pt" or "latent".
-        Streaming (:meth:`stream`) is the constant-memory way for long videos.
+        ``image``: uint8 [H, W, 3], the first frame to animate (image-to-video; the frames that
+        follow it are returned). Streaming (:meth:`stream`) is the constant-memory way for long videos.
         """
+        if image is not None:
+            if request.get("context") is not None:
+                raise ValueError("give an image or a context video, not both")
+            request["context"] = image
         if (num_frames is None) == (seconds is None):
             raise ValueError("give the length as num_frames or seconds (one of them)")
         if num_frames is not None:
@@ -391,14 +397,18 @@ class Pipeline:
             embedded = self.model.embed_text(features.to(device=self.device, dtype=self.dtype))
         return [embedded[i : i + 1] for i in range(len(request.prompts))]
 
-    def _prefill(self, engine: StreamEngine, queue, frames: torch.Tensor, text: torch.Tensor) -> None:
-        """Encode the context frames, commit them to the cache and warm the decoder's causal state."""
+    def _prefill(self, engine: StreamEngine, queue, frames: torch.Tensor, text: torch.Tensor) -> torch.Tensor | None:
+        """Encode the context frames, commit their whole chunks to the cache and warm the decoder's
+        causal state; returns the latents of a last, partial chunk (the first new chunk's given frames)."""
         video = frames.to(self.device).permute(3, 0, 1, 2)[None].to(self.dtype) / 127.5 - 1  # [1, 3, T, H, W]
         with torch.no_grad():
             latents = self.codec.encode(video).to(self.dtype)
-        engine.prefill(latents, text)
+        whole = latents.shape[2] - latents.shape[2] % engine.stream.frames_per_chunk
+        if whole:
+            engine.prefill(latents[:, :, :whole], text)
         if queue is not None:
             queue.decoder.decode(latents)  # the decoder continues from the context's last frames
+        return latents[:, :, whole:] if whole < latents.shape[2] else None
 
     def _run(
         self,
@@ -481,8 +491,7 @@ class Pipeline:
                     request.out, request.format, v.fps, v.height, v.width, request.total_frames,
                     request.grid_frames, crf=request.crf, pix_fmt=request.pix_fmt,
                 )  # fmt: skip
-            if request.context is not None:
-                self._prefill(engine, queue, request.context, embedded[0])
+            given = None if request.context is None else self._prefill(engine, queue, request.context, embedded[0])
             k = 0
             while request.num_chunks is None or k < request.num_chunks:
                 prompt = request.prompt_at(k)
@@ -490,8 +499,10 @@ class Pipeline:
                     engine.recache(embedded[prompt], request.keep_sink)
                     summary.recaches += 1
                 timer = _StepTimer(cuda)
-                x0 = engine.step(embedded[prompt], generator)
+                x0 = engine.step(embedded[prompt], generator, given)
                 timer.stop()
+                if given is not None:  # the given frames were decoded with the context: not again
+                    x0, given = x0[:, :, given.shape[2] :], None
                 job = queue.submit(x0) if queue is not None else DecodedChunk(None, torch.isfinite(x0).all())
                 job.latents = x0 if request.output == "latent" else None
                 if pipelined and k > 0:  # the first chunk is never held back: time to first frame

@@ -69,7 +69,7 @@ class GenerationRequest:
     crf: int | None = None  # mp4 quality (None: the writer's default)
     pix_fmt: str | None = None  # mp4 pixel format (yuv444p keeps colours exact enough for evaluation)
     context: torch.Tensor | None = field(default=None, compare=False, repr=False)  # uint8 [T, H, W, 3]
-    context_chunks: int = 0  # chunks the context fills; generation continues after them
+    context_latents: int = 0  # latent frames the context fills; generation continues after them
 
     @classmethod
     def build(
@@ -99,8 +99,10 @@ class GenerationRequest:
         """``stream``: a :class:`StreamConfig` or a preset name (``self-forcing``, ``longlive``,
         ``reward-forcing``, ``videomla``); None: the checkpoint's. ``sink`` / ``window`` /
         ``frames_per_chunk`` / ``rope`` then override single fields, ``steps`` / ``shift`` the sampler.
-        ``context``: frames [T, H, W, 3] (uint8) of a video to continue; the cache is filled with
-        them first and the new video (``seconds`` long, prompt times relative to its start) follows."""
+        ``context``: frames [T, H, W, 3] (uint8) of a video to continue, or one image [H, W, 3] to
+        animate (image-to-video); the cache is filled with them first and the new video (``seconds``
+        long, prompt times relative to its start, the given frames not repeated) follows. A context
+        that ends inside a chunk conditions that chunk's first frames (:meth:`StreamEngine.step`'s ``given``)."""
         if isinstance(stream, str):
             base, source = stream_preset(stream), f"the {stream} preset (--stream)"
         elif stream is not None:
@@ -133,7 +135,8 @@ class GenerationRequest:
         fps = spec.video.fps
         schedule_of = prompt_schedule(prompts)
         total = None if seconds is None else math.ceil(seconds * fps - 1e-9)
-        frames_in, k0, context = _check_context(context, spec, base)
+        frames_in, context_latents, context = _check_context(context, spec)
+        k0 = context_latents // base.frames_per_chunk  # whole chunks of context before the first new one
         switches = [
             chunk_of_frame(spec, base, frames_in + math.floor(start * fps + 1e-9)) - k0 for _, start in schedule_of
         ]
@@ -182,13 +185,20 @@ class GenerationRequest:
             crf=crf,
             pix_fmt=pix_fmt,
             context=context,
-            context_chunks=k0,
+            context_latents=context_latents,
         )
 
+    @property
+    def given_latents(self) -> int:
+        """Context latent frames inside the first new chunk (a context that ends mid-chunk)."""
+        return self.context_latents % self.stream.frames_per_chunk
+
     def frames_in_chunk(self, chunk: int) -> int:
-        """Video frames new chunk ``chunk`` decodes to (after any context)."""
-        c, k = self.stream.frames_per_chunk, self.context_chunks + chunk
-        return self.spec.codec.frames_for((k + 1) * c) - self.spec.codec.frames_for(k * c)
+        """New video frames chunk ``chunk`` decodes to (after any context, given frames not repeated)."""
+        c = self.stream.frames_per_chunk
+        end = (self.context_latents // c + 1 + chunk) * c
+        start = max(self.context_latents, end - c)
+        return self.spec.codec.frames_for(end) - self.spec.codec.frames_for(start)
 
     def prompt_at(self, chunk: int) -> int:
         """Index of the prompt that conditions ``chunk``."""
@@ -212,20 +222,31 @@ class GenerationRequest:
         }
 
 
-def _check_context(context: Any, spec: GenerationSpec, stream: StreamConfig) -> tuple[int, int, torch.Tensor | None]:
-    """(video frames, chunks, uint8 tensor [T, H, W, 3]) of a video to continue."""
+def _check_context(context: Any, spec: GenerationSpec) -> tuple[int, int, torch.Tensor | None]:
+    """(video frames, latent frames, uint8 tensor [T, H, W, 3]) of a video to continue or an image to animate."""
     if context is None:
         return 0, 0, None
     frames = torch.as_tensor(np.asarray(context)) if not isinstance(context, torch.Tensor) else context
     v = spec.video
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != (v.height, v.width, 3):
+    if frames.ndim == 3:  # one image [H, W, 3]
+        frames = frames[None]
+    if (
+        frames.dtype != torch.uint8
+        or frames.ndim != 4
+        or tuple(frames.shape[1:]) != (v.height, v.width, 3)
+        or not len(frames)
+    ):
         raise ValueError(
-            f"context must be uint8 frames [T, {v.height}, {v.width}, 3] (this model's size), "
-            f"got {frames.dtype} {tuple(frames.shape)}"
+            f"context must be uint8 frames [T, {v.height}, {v.width}, 3] or an image [{v.height}, {v.width}, 3] "
+            f"(this model's size), got {frames.dtype} {tuple(frames.shape)}"
         )
-    c = stream.frames_per_chunk
-    k = chunks_for_frames(spec, stream, len(frames))
-    if spec.codec.frames_for(k * c) != len(frames):
-        fits = [spec.codec.frames_for(j * c) for j in range(max(1, k - 1), k + 2)]
-        raise ValueError(f"a context of {len(frames)} frames is not a whole number of chunks; e.g. {fits} frames are")
-    return len(frames), k, frames.cpu()
+    latents = 1
+    while spec.codec.frames_for(latents) < len(frames):
+        latents += 1
+    if spec.codec.frames_for(latents) != len(frames):
+        fits = [spec.codec.frames_for(j) for j in (latents - 1, latents)]
+        raise ValueError(
+            f"a context of {len(frames)} frames does not encode to whole latent frames ({spec.codec.type} codec); "
+            f"e.g. {fits} frames do"
+        )
+    return len(frames), latents, frames.cpu()
