@@ -290,3 +290,23 @@ def test_cli_continues_a_video_file(ckpt, tmp_path):
     data = json.loads(summary.read_text())
     assert data["frames"] == 8 and data["run"]["context_frames"] == 15  # the last 5 whole chunks of 16 frames
     assert main([*base, "--seconds", "1", "--continue-from", str(tmp_path / "none.mp4"), "--out", str(second)]) == 2
+
+
+def test_cli_animates_an_image(ckpt, tmp_path):
+    """--image: any size is centre-cropped to the model's aspect and resized; the stream starts from it."""
+    from PIL import Image
+
+    from videomla.video_io import read_image
+
+    wide = np.zeros((30, 80, 3), np.uint8)
+    wide[:, 20:60] = 255  # the centre 40x30 box of the target aspect 4:3 is white; the sides are cropped
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    image = read_image(tmp_path / "wide.png", 24, 32)
+    assert image.shape == (24, 32, 3) and image.min() >= 250
+    out, summary = tmp_path / "v.gif", tmp_path / "v.json"
+    base = ["generate", "--checkpoint", str(ckpt), "--prompt", "a red ball", "--quiet", "--seconds", "1"]
+    assert main([*base, "--image", str(tmp_path / "wide.png"), "--out", str(out), "--summary", str(summary)]) == 0
+    data = json.loads(summary.read_text())
+    assert data["frames"] == 8 and data["run"]["context_frames"] == 1
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main([*base, "--image", str(tmp_path / "bad.png"), "--out", str(out)]) == 2

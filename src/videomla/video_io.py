@@ -590,6 +590,33 @@ def read_frames(path: str | Path) -> tuple[np.ndarray, float | None]:
     return frames[..., :3], fps
 
 
+def read_image(path: str | Path, height: int, width: int) -> np.ndarray:
+    """uint8 [height, width, 3] of an image file: centre-cropped to the aspect, then resized (Lanczos).
+
+    What image-to-video conditions on; the crop and resize are the usual I2V preprocessing, so a
+    photo of another size works. An unreadable file is one ValueError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image: {path}")
+    try:
+        from PIL import Image
+    except ImportError as err:  # an optional extra
+        raise ImportError(f"reading images needs Pillow: {INSTALL_HINT}") from err
+    try:
+        image = Image.open(path).convert("RGB")
+    except Exception as err:  # any decoder failure: one line naming the file
+        raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from None
+    w, h = image.size
+    scale = min(w / width, h / height)  # the largest box of the target aspect inside the image
+    cw, ch = round(width * scale), round(height * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    image = image.crop((left, top, left + cw, top + ch))
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
 def to_video(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     """An array in a common layout -> float video [3, T, H, W] in [-1, 1].
 

@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="VIDEO",
         help="continue this video (mp4/gif at the model's size): its last whole chunks fill the cache first",
     )
+    p.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="image-to-video: animate this picture (png/jpg; centre-cropped and resized to the model's size); "
+        "it is the stream's first frame and the video of the frames after it is written",
+    )
     p.add_argument("--num-samples", type=int, default=1, help="batch mode: videos per prompt entry (default 1)")
     p.add_argument("--format", choices=("mp4", "gif", "png-grid"), help="output format (default: from --out's suffix)")
     p.add_argument("--grid-frames", type=int, default=16, help="frames sampled into a png-grid (default 16)")
@@ -192,6 +198,14 @@ def run(args: argparse.Namespace) -> int:
         if mode == "batch":
             raise ValueError("--continue-from continues one video; it does not go with --prompt-file")
         options_of_request["context"] = _read_context(args.continue_from, spec, args.frames_per_chunk)
+    if args.image:
+        if mode == "batch" or args.continue_from:
+            raise ValueError(
+                "--image starts one video from a picture; it does not go with --prompt-file or --continue-from"
+            )
+        from ..video_io import read_image
+
+        options_of_request["context"] = read_image(args.image, spec.video.height, spec.video.width)
     if mode == "single":
         jobs = [(build([parse_prompt(arg) for arg in args.prompt], args.out, args.seed), args.summary)]
     else:
