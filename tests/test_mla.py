@@ -199,3 +199,15 @@ def test_info_describes_every_kind_of_layer_of_a_mixed_checkpoint(tmp_path, caps
     mla = mla.numbers_per_token_per_layer[0]
     assert f"{mla} numbers in 1 layers" in text and f"{2 * cfg.dim} numbers in {cfg.num_layers - 1} layers" in text
     assert "KiB" in text  # a small cache is not printed as 0.000 GiB
+
+
+def test_small_cpu_attention_equals_sdpa(seed, monkeypatch):
+    """The CPU path for small folded multi-query attention (two matmuls) is SDPA's numbers."""
+    import videomla.attention.common as common
+
+    q, k, v = torch.randn(2, 48, 4, 24), torch.randn(2, 40, 1, 24), torch.randn(2, 40, 1, 16)
+    small = common.attend(q, k, v, 0.2)
+    monkeypatch.setattr(common, "SMALL_SCORES", 0)  # every problem is "large": the SDPA kernel
+    reference = common.attend(q, k, v, 0.2)
+    assert small.shape == (2, 48, 4, 16)
+    assert rel_err(small, reference) < 1e-6

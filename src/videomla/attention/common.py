@@ -106,6 +106,17 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+# Below this many scores per stream (16 MiB of fp32), folded multi-query attention on the CPU is
+# two matmuls and a softmax: 1.5-2.2x faster than the CPU SDPA kernel at the world model's shapes
+# (768 folded queries x 192-640 keys, one thread), and the score matrix is small enough to hold.
+SMALL_SCORES = 1 << 22
+
+
+def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v with the scores materialised: SDPA's math, for small CPU problems."""
+    return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -117,9 +128,11 @@ def attend(
     """
     if k.shape[2] == 1 and q.shape[2] > 1 and mask is None:
         b, n, h, _ = q.shape
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, 1, n * h, -1), k.transpose(1, 2), v.transpose(1, 2), scale=scale
-        )
+        q1, k1, v1 = q.reshape(b, 1, n * h, -1), k.transpose(1, 2), v.transpose(1, 2)
+        if q.device.type == "cpu" and n * h * k.shape[1] <= SMALL_SCORES:
+            out = small_attention(q1, k1, v1, scale)
+        else:
+            out = F.scaled_dot_product_attention(q1, k1, v1, scale=scale)
         return out.reshape(b, n, h, -1)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if k.shape[1] != q.shape[1]:
