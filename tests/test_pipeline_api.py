@@ -310,3 +310,19 @@ def test_cli_animates_an_image(ckpt, tmp_path):
     assert data["frames"] == 8 and data["run"]["context_frames"] == 1
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main([*base, "--image", str(tmp_path / "bad.png"), "--out", str(out)]) == 2
+
+
+def test_evaluate_reads_the_generate_sidecar(tmp_path, capsys):
+    """`videomla evaluate VIDEO` finds the prompt in the NAME.json `generate` wrote beside it (the
+    embedded default model: the evaluator scores 64x64 world frames)."""
+    video, sidecar = tmp_path / "v.gif", tmp_path / "v.json"
+    base = ["generate", "--quiet", "--seconds", "1", "--out", str(video)]
+    assert main([*base, "--prompt", "a small red circle bouncing", "--summary", str(sidecar)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(video)]) == 0
+    assert "prompt 'a small red circle bouncing'" in capsys.readouterr().out
+    assert main([*base, "--prompt", "a red circle", "--prompt", "a blue square@0.5s", "--summary", str(sidecar)]) == 0
+    assert main(["evaluate", str(video)]) == 2  # two prompts: the evaluator needs --prompt
+    sidecar.write_text("{}")
+    assert main(["evaluate", str(video)]) == 2
+    assert main(["evaluate", str(video), "--prompt", "a red circle"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -21,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="video (.mp4/.gif/...), tensor (.pt/.npy), a folder of PNG frames, or a folder of videos/tensors",
     )
-    p.add_argument("--prompt", help="the prompt the videos were generated for (default: a sidecar NAME.txt per video)")
+    p.add_argument(
+        "--prompt",
+        help="the prompt the videos were generated for (default: each video's sidecar: the NAME.json "
+        "`videomla generate` writes beside batch videos or as --summary, else a NAME.txt)",
+    )
     p.add_argument("--fps", type=float, help="frame rate (default: the file's own, else 8)")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds (default 5)")
     p.add_argument("--json", metavar="OUT", help="also write every score to this JSON file")
@@ -34,12 +39,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def prompt_for(path: Path, prompt: str | None) -> str:
+    """--prompt, else the generate sidecar NAME.json (its run's prompt), else NAME.txt / prompt.txt."""
     if prompt:
         return prompt
+    summary = path.with_suffix(".json")
+    if not path.is_dir() and summary.is_file():
+        return prompt_of_summary(summary)
     sidecar = path / "prompt.txt" if path.is_dir() else path.with_suffix(".txt")
     if not sidecar.is_file():
-        raise FileNotFoundError(f"no prompt for {path}: pass --prompt or write {sidecar}")
+        raise FileNotFoundError(f"no prompt for {path}: pass --prompt, or write {summary} or {sidecar}")
     return sidecar.read_text().strip()
+
+
+def prompt_of_summary(path: Path) -> str:
+    """The one prompt of a ``videomla generate`` summary / sidecar (schema videomla.generate-summary)."""
+    try:
+        data = json.loads(path.read_text())
+        prompts = data["run"]["prompts"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a videomla generate sidecar (no run.prompts); pass --prompt") from None
+    if len(prompts) != 1:
+        raise ValueError(
+            f"{path}: the video switches between {len(prompts)} prompts; the evaluator scores one, pass --prompt"
+        )
+    return str(prompts[0][0])
 
 
 def run(args: argparse.Namespace) -> int:
