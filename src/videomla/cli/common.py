@@ -134,6 +134,18 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}") from None
 
 
+def add_model_args(p: argparse.ArgumentParser, preset_help: str, attention_help: str | None = None) -> None:
+    """The architecture options of commands that read checkpoints or build presets: ``--preset``
+    (a config for checkpoints that carry none, or the model to build), ``--attention`` (dense / mla,
+    where the command builds one), ``--which``. The help says what each means for that command."""
+    from ..config import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), help=preset_help)
+    if attention_help is not None:
+        p.add_argument("--attention", choices=("dense", "mla"), help=attention_help)
+    add_which_arg(p)
+
+
 def add_which_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--which``: Self-Forcing ``.pt`` files hold ``generator_ema`` and ``generator`` weights."""
     from ..checkpoint import WHICH

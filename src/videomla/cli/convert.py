@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model, save_model
-from ..config import PRESETS, mla_config
+from ..config import mla_config
 from ..convert import DEFAULT_CALIBRATION_TOKENS, INITS, ConversionReport, convert_to_mla, parse_layers
 from ..io_utils import atomic_write_json
 from ..tables import Column, records_table
-from .common import add_which_arg, check_output_file, check_output_folder, seed_arg
+from .common import add_model_args, check_output_file, check_output_folder, seed_arg
 
 COLUMNS: list[Column] = [
     ("layer", "layer", "d"),
@@ -65,8 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the proxy tokens and the random init (default 0)")
     p.add_argument("--report", type=Path, help="also write the per-layer report as JSON here")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="architecture, if the checkpoint carries no config")
-    add_which_arg(p)
+    add_model_args(p, "architecture, if the checkpoint carries no config")
     p.add_argument("--device", default="cpu", help="device of the conversion (default cpu)")
     p.set_defaults(func=run)
 

@@ -9,9 +9,9 @@ from collections import Counter
 import torch
 
 from ..cache import KVFootprint
-from ..config import PRESETS, ModelConfig, preset
+from ..config import ModelConfig, preset
 from ..model import CausalWanModel
-from .common import DTYPES, add_stream_args, add_which_arg, check_video_size, parse_dtype, stream_from_args
+from .common import DTYPES, add_model_args, add_stream_args, check_video_size, parse_dtype, stream_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="describe this checkpoint (any format videomla reads) instead of a preset; validates its tensors",
     )
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="architecture (default wan2.1-t2v-1.3b); with --checkpoint, used only if the checkpoint carries no config",
+    add_model_args(
+        p,
+        "architecture (default wan2.1-t2v-1.3b); with --checkpoint, used only if the checkpoint carries no config",
+        "self-attention of the preset (default dense)",
     )
-    p.add_argument("--attention", choices=("dense", "mla"), help="self-attention of the preset (default dense)")
-    add_which_arg(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
     p.add_argument("--kv-fp8", action="store_true", help="store MLA latents in fp8 e4m3 with per-token scales")
     p.add_argument("--height", type=int, default=480, help="video height in pixels (default 480)")

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..analysis import plots
 from ..analysis.study import ActivationInputs, rank_study, targets
-from ..config import PRESETS
-from .common import add_stream_args, add_which_arg, check_output_folder, seed_arg, stream_from_args
+from .common import add_model_args, add_stream_args, check_output_folder, seed_arg, stream_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoints", nargs="*", metavar="CHECKPOINT", help="checkpoint files or folders, any format videomla reads"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="without checkpoints: analyse a random init of this preset; with: their config if they carry none",
+    add_model_args(
+        p,
+        "without checkpoints: analyse a random init of this preset; with: their config if they carry none",
+        "random-init preset: attention kind (default dense)",
     )
-    p.add_argument("--attention", choices=("dense", "mla"), help="random-init preset: attention kind (default dense)")
-    add_which_arg(p)
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of random inits and random inputs (default 0)")
     p.add_argument("--rank", type=int, help="K for 'energy at rank K' (default: the model's d_c, else 192)")
     p.add_argument("--labels", nargs="+", help="display labels, one per checkpoint (or one for the preset)")
