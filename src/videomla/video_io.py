@@ -206,6 +206,15 @@ class _Output:
         self.done = True
 
 
+def _first_close(writer, commit: bool | None) -> bool | None:
+    """None when ``writer`` is already closed; else marks it closed and resolves ``commit``
+    (``None``: publish unless an error other than an interrupt is propagating)."""
+    if writer._closed:
+        return None
+    writer._closed = True
+    return not _error_in_flight() if commit is None else commit
+
+
 class _PublishingWriter:
     """Shared close/abort logic: ``_finish()`` completes the file, then it is published or discarded."""
 
@@ -224,11 +233,9 @@ class _PublishingWriter:
         interrupted or stopped early publishes the frames so far. Pass ``commit=True`` to keep the
         frames so far even when failing.
         """
-        if self._closed:
-            return
-        self._closed = True
+        commit = _first_close(self, commit)
         if commit is None:
-            commit = not _error_in_flight()
+            return  # closed before: close is idempotent
         if not commit:
             self._discard()
             return
@@ -411,11 +418,9 @@ class PngGridWriter:
 
     def close(self, commit: bool | None = None) -> None:
         """Write the grid of the frames sampled so far and publish it (see :meth:`Mp4Writer.close`)."""
-        if self._closed:
-            return
-        self._closed = True
+        commit = _first_close(self, commit)
         if commit is None:
-            commit = not _error_in_flight()
+            return  # closed before: close is idempotent
         if not commit or not self._kept:
             return  # nothing was written: png-grid makes its file only here
         check_writer_modules("png-grid")
@@ -480,11 +485,9 @@ class BackgroundWriter:
 
     def close(self, commit: bool | None = None) -> None:
         """Write what is queued, then close the inner writer (see :meth:`Mp4Writer.close` for ``commit``)."""
-        if self._closed:
-            return
-        self._closed = True
+        commit = _first_close(self, commit)
         if commit is None:
-            commit = not _error_in_flight()
+            return  # closed before: close is idempotent
         if self._failed:
             commit = False  # the file is torn: never publish it
         with deferred_signals() if commit else _nothing():
