@@ -403,6 +403,8 @@ def test_vae_and_text_encoder_folders_are_checked(tmp_path):
         (["convert", "{tmp}/x", "{tmp}/y", "--seed", "-1"], "seed must be from 0"),
         (["convert", "{tmp}/x", "{tmp}/y", "--device", "nonsense"], "'nonsense' is not a device name"),
         (["rank", "--preset", "tiny", "--out", "{tmp}/r", "--activations", "--device", "cuda:7"], "--device cuda:7"),
+        (["bench", "--device", "cuda"], "--device cuda"),  # the one device check, here too
+        (["bench", "--device", "nonsense"], "'nonsense' is not a device name"),
     ],
 )
 def test_bad_sizes_and_arguments(tmp_path, capsys, args, message):

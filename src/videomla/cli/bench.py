@@ -129,6 +129,7 @@ def setup_from_args(args: argparse.Namespace) -> BenchSetup:
         vae_config=vae_config,
     )
     setup.latent_size  # noqa: B018 (raises on a size the VAE cannot take, before anything is built)
+    setup.torch_device  # noqa: B018 (raises on a device name that is wrong or absent, likewise)
     return setup
 
 

@@ -38,13 +38,16 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    return torch.device(name)
+    """The library's one device check (:func:`videomla.pipeline.resolve_device`); ``auto`` = CUDA when
+    available, and a bare ``cuda`` under torchrun is this process's GPU (``LOCAL_RANK``)."""
+    from ..pipeline import resolve_device as check
+
+    if name == "cuda" and torch.cuda.is_available():
+        name = f"cuda:{local_rank}"
+    dev = check(None if name == "auto" else name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
 
 
 def init_distributed(device: str) -> DistInfo:
