@@ -3,7 +3,8 @@
 # Trains CONFIG from RUN's newest checkpoint (or from scratch if RUN holds none) up to step UNTIL of
 # a TOTAL-step schedule, under a wall-clock guard so that the call always ends with what it made
 # brought back: metrics.csv, config.yaml and the newest exported model as bf16 under $OUT/model.
-# BENCH="b64-inductor ..." first times those scripts/train_throughput.py cases (10 steps each).
+# BENCH="b64-inductor ..." first times those scripts/train_throughput.py cases (10 steps each);
+# SETS="--set key=value ..." adds config overrides (e.g. where the weights to start from lie).
 # Needs .carry/src (`git archive HEAD src | tar -x -C .carry`) and .carry/COMMIT (its hash).
 set -o pipefail
 export PYTHONPATH=.carry/src PYTHONUNBUFFERED=1 VIDEOMLA_COMMIT=$(cat .carry/COMMIT 2>/dev/null)
@@ -25,12 +26,12 @@ PY
 }
 trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a $OUT/log
-echo "commit $VIDEOMLA_COMMIT; CONFIG=$CONFIG RUN=$RUN TOTAL=$TOTAL UNTIL=$UNTIL" | tee -a $OUT/log
+echo "commit $VIDEOMLA_COMMIT; CONFIG=$CONFIG RUN=$RUN TOTAL=$TOTAL UNTIL=$UNTIL SETS=$SETS" | tee -a $OUT/log
 if [ -n "$BENCH" ]; then
   timeout 150 python3 scripts/train_throughput.py --out $OUT/tp --cases $BENCH --steps 10 --warmup 3 2>&1 | tee -a $OUT/log
 fi
 RESUME=$(ls -d $RUN/checkpoints/step_* >/dev/null 2>&1 && echo --resume)
 ELAPSED=$(( $(date +%s) - START ))
 timeout $(( LIMIT - ELAPSED - 30 )) python3 -m videomla train $CONFIG --out $RUN --device cuda $RESUME \
-  --set steps=$UNTIL --set optim.total_steps=$TOTAL 2>&1 | grep -v "it/s\]" | tee -a $OUT/log
+  --set steps=$UNTIL --set optim.total_steps=$TOTAL $SETS 2>&1 | grep -v "it/s\]" | tee -a $OUT/log
 echo "train exit $? after $(( $(date +%s) - START )) s" | tee -a $OUT/log
