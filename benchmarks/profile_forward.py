@@ -34,10 +34,11 @@ def main() -> None:
         if variant.attention not in models:
             models[variant.attention] = build_model(setup, variant.attention)
         model = models[variant.attention]
-        if variant.attention == "mla":
-            model.set_mla_path(variant.mla_path)
-            model.set_kv_dtype(variant.kv_dtype)
-        cache = model.new_cache(variant.stream, 1, h, w, setup.dtype, "cuda")
+        mla = variant.attention == "mla"
+        cache = model.new_cache(
+            variant.stream, 1, h, w, setup.dtype, "cuda",
+            latent_dtype=variant.kv_dtype if mla else None, mla_path=variant.mla_path if mla else "auto",
+        )  # fmt: skip
         while cache.window.n_valid < variant.stream.cached_frames:
             cache.commit(variant.stream.frames_per_chunk)
         x = torch.randn(1, 16, 3, h, w, device="cuda", dtype=setup.dtype)

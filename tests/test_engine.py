@@ -349,3 +349,44 @@ def test_fast_kernels_are_scoped_to_their_thread():
     with fast_kernels("eager"):
         assert fast_enabled()
     assert not fast_enabled()
+
+
+def test_keyword_fp8_keeps_the_options_mla_path(tmp_path):
+    """from_checkpoint(options=EngineOptions(mla_path=...), kv_fp8=True): both choices survive the merge."""
+    model = tiny_model(dataclasses.replace(preset("tiny").with_mla(), in_channels=12, out_channels=12))
+    meta = {
+        "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
+        "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
+        "video": {"height": 16, "width": 16, "fps": 8},
+    }
+    ckpt = save_model(model, tmp_path / "m", meta)
+    pipe = Pipeline.from_checkpoint(ckpt, device="cpu", options=EngineOptions(mla_path="absorbed"), kv_fp8=True)
+    assert (pipe.options.mla_path, pipe.options.kv_fp8) == ("absorbed", True)
+
+
+def test_checkpoint_recompute_runs_the_forwards_kernels_in_any_thread(seed):
+    """Activation checkpointing recomputes on autograd's thread (CUDA): it must see the forward's
+    fast-kernel state, or the recomputed tensors differ (float32 vs float64 RoPE tables)."""
+    import threading
+
+    from videomla.attention.common import fast_kernels
+    from videomla.training.models import enable_activation_checkpointing
+
+    model = tiny_model(preset("tiny").with_mla(layers=(1,)))
+    enable_activation_checkpointing(model)
+    x, t, text = torch.randn(1, 4, 6, 4, 6), torch.full((1,), 500.0), torch.randn(1, 5, model.config.text_dim)
+    with fast_kernels("eager"):
+        loss = model(x, t, text, StreamConfig(sink_frames=1, window_frames=3)).square().mean()
+    errors: list[BaseException] = []
+
+    def backward():
+        try:
+            loss.backward()
+        except BaseException as err:  # reported to the main thread
+            errors.append(err)
+
+    worker = threading.Thread(target=backward)
+    worker.start()
+    worker.join()
+    assert not errors, errors
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

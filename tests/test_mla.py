@@ -211,3 +211,12 @@ def test_small_cpu_attention_equals_sdpa(seed, monkeypatch):
     reference = common.attend(q, k, v, 0.2)
     assert small.shape == (2, 48, 4, 16)
     assert rel_err(small, reference) < 1e-6
+
+
+def test_small_cpu_attention_is_for_float32_only():
+    """bf16 / fp16 take the SDPA kernel: the two-matmul path would keep low-precision scores (fp16 overflows)."""
+    q, k, v = (torch.randn(1, 8, 4, 16, dtype=torch.float16) * 60, torch.randn(1, 20, 1, 16, dtype=torch.float16) * 60,
+               torch.randn(1, 20, 1, 16, dtype=torch.float16))  # fmt: skip
+    import videomla.attention.common as common
+
+    assert torch.isfinite(common.attend(q, k, v, 0.25)).all()

@@ -326,3 +326,19 @@ def test_evaluate_reads_the_generate_sidecar(tmp_path, capsys):
     sidecar.write_text("{}")
     assert main(["evaluate", str(video)]) == 2
     assert main(["evaluate", str(video), "--prompt", "a red circle"]) == 0
+
+
+def test_read_image_follows_exif_orientation_and_never_crops_to_nothing(tmp_path):
+    from PIL import Image
+
+    from videomla.video_io import read_image
+
+    stored = np.zeros((40, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)  # red on the left as stored; Orientation 6 (rotate 90 CW) shows it on top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    shown = read_image(tmp_path / "phone.jpg", 40, 40)
+    assert shown[:20, :, 0].mean() > 200 and shown[20:, :, 0].mean() < 50
+    Image.fromarray(np.full((1, 500, 3), 128, np.uint8)).save(tmp_path / "strip.png")
+    assert abs(read_image(tmp_path / "strip.png", 200, 832).mean() - 128) < 2

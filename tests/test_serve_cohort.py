@@ -132,3 +132,35 @@ def test_scratch_is_reused_and_released(seed):
         runner.step(engines, [t] * 3, gens)
     # a refused step changed nothing
     assert [e.next_frame for e in engines] == [3, 3, 1]
+
+
+def test_engines_that_cache_or_read_differently_never_share_a_cohort():
+    """fp8 latents (with scales) and another MLA path are other cache layouts: their own cohorts."""
+    from videomla.engine import EngineOptions
+
+    model = tiny_model(preset("tiny").with_mla(layers=(1,)))
+    kinds = [EngineOptions(False, False), EngineOptions(False, False, kv_fp8=True),
+             EngineOptions(False, False, mla_path="absorbed"), EngineOptions(False, False)]  # fmt: skip
+    engines = [StreamEngine(model, WINDOW, GEOMETRY, options=o) for o in kinds]
+    assert sorted(map(sorted, group_cohorts(engines))) == [[0, 3], [1], [2]]
+
+
+def test_the_serve_budget_counts_fp8_latents(tmp_path):
+    from videomla.checkpoint import save_model
+    from videomla.engine import EngineOptions
+    from videomla.pipeline import GenerationRequest, Pipeline
+    from videomla.serve.scheduler import Scheduler
+
+    model = tiny_model(dataclasses.replace(preset("tiny").with_mla(), in_channels=12, out_channels=12))
+    meta = {
+        "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
+        "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
+        "video": {"height": 16, "width": 16, "fps": 8},
+    }
+    ckpt = save_model(model, tmp_path / "m", meta)
+    sizes = []
+    for fp8 in (False, True):
+        pipe = Pipeline.from_checkpoint(ckpt, device="cpu", options=EngineOptions(False, False, kv_fp8=fp8))
+        request = GenerationRequest.build(pipe.spec, "a red ball", 1.0)
+        sizes.append(Scheduler(pipe, pacing=False).stream_bytes(request))
+    assert sizes[1] < sizes[0]

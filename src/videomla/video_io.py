@@ -603,16 +603,16 @@ def read_image(path: str | Path, height: int, width: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"no such image: {path}")
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps
     except ImportError as err:  # an optional extra
         raise ImportError(f"reading images needs Pillow: {INSTALL_HINT}") from err
     try:
-        image = Image.open(path).convert("RGB")
+        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")  # as a viewer shows it
     except Exception as err:  # any decoder failure: one line naming the file
         raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from None
     w, h = image.size
     scale = min(w / width, h / height)  # the largest box of the target aspect inside the image
-    cw, ch = round(width * scale), round(height * scale)
+    cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
     left, top = (w - cw) // 2, (h - ch) // 2
     image = image.crop((left, top, left + cw, top + ch))
     if image.size != (width, height):

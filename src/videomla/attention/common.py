@@ -33,6 +33,21 @@ def fast_enabled() -> bool:
 
 
 @contextmanager
+def same_kernels_as(backend: str | None) -> Iterator[None]:
+    """Run the block with ``backend`` as the fast-kernel state (None: reference), whatever thread it is:
+    activation checkpointing recomputes on autograd's thread, which does not see the forward's context."""
+    token = _BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def current_backend() -> str | None:
+    return _BACKEND.get()
+
+
+@contextmanager
 def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterator[None]:
     """Inference fast paths inside this block (this thread / task), for every model it runs.
 
@@ -45,9 +60,9 @@ def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterato
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    limit = torch._dynamo.config.recompile_limit
-    # each helper sees a few shapes (query side, key side, batch sizes): never fall back to eager
-    torch._dynamo.config.recompile_limit = max(limit, 64)
+    # each helper sees a few shapes (query side, key side, batch sizes): never fall back to eager.
+    # Only ever raised (on older torch dynamo's config is process-wide: no restore race between threads)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     token = _BACKEND.set(backend)
     try:
         with ExitStack() as stack:
@@ -62,7 +77,6 @@ def fast_kernels(backend: str = "inductor", cudnn_first: bool = True) -> Iterato
             yield
     finally:
         _BACKEND.reset(token)
-        torch._dynamo.config.recompile_limit = limit
 
 
 def fusable(fn: Fn) -> Fn:
@@ -129,7 +143,7 @@ def attend(
     if k.shape[2] == 1 and q.shape[2] > 1 and mask is None:
         b, n, h, _ = q.shape
         q1, k1, v1 = q.reshape(b, 1, n * h, -1), k.transpose(1, 2), v.transpose(1, 2)
-        if q.device.type == "cpu" and n * h * k.shape[1] <= SMALL_SCORES:
+        if q.device.type == "cpu" and q.dtype == torch.float32 and n * h * k.shape[1] <= SMALL_SCORES:
             out = small_attention(q1, k1, v1, scale)
         else:
             out = F.scaled_dot_product_attention(q1, k1, v1, scale=scale)

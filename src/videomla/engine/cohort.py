@@ -44,12 +44,15 @@ class StaticKey:
     cache_dtype: torch.dtype
     tokens_per_frame: int
     device: str
+    mla_path: str  # how MLA layers read the cache
+    layout: tuple  # per layer: what it caches and in which dtype (fp8 latents carry scales)
 
 
 def static_key(engine: StreamEngine) -> StaticKey:
+    layout = tuple(tuple((name, t.dtype) for name, t in layer.spec.items()) for layer in engine.cache.layers)
     return StaticKey(
         engine.stream, engine.schedule, engine.geometry, engine.dtype, engine.cache_dtype,
-        engine.cache.tokens_per_frame, str(engine.device),
+        engine.cache.tokens_per_frame, str(engine.device), engine.cache.mla_path, layout,
     )  # fmt: skip
 
 

@@ -335,9 +335,10 @@ class StreamEngine:
         """[B] for a chunk at one timestep; [B, n] with the first ``clean_frames`` at t = 0."""
         if not clean_frames:
             return torch.full((self.batch,), float(t), device=self.device, dtype=torch.float64)
-        per_frame = torch.full((self.batch, self.stream.frames_per_chunk), float(t), device=self.device)
+        n = self.stream.frames_per_chunk
+        per_frame = torch.full((self.batch, n), float(t), device=self.device, dtype=torch.float64)
         per_frame[:, :clean_frames] = 0.0
-        return per_frame.double()
+        return per_frame
 
     def _noise(self, generator: Generators) -> torch.Tensor:
         shape = self.chunk_shape

@@ -250,7 +250,8 @@ class Pipeline:
         """
         options = options or EngineOptions()
         if mla_path != "auto" or kv_fp8:  # the keyword spellings of the engine's own choices
-            options = dataclasses.replace(options, mla_path=mla_path, kv_fp8=kv_fp8 or options.kv_fp8)
+            path = mla_path if mla_path != "auto" else options.mla_path
+            options = dataclasses.replace(options, mla_path=path, kv_fp8=kv_fp8 or options.kv_fp8)
         path, spec = resolve_spec(checkpoint, vae, text_encoder)
         device = resolve_device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -123,7 +123,7 @@ class Scheduler:
         """What one stream holds: its cache (persistent + staging slots), history, its scratch row."""
         model, g = self.pipe.model, self.pipe.geometry
         dtype = self.pipe.cache_dtype or self.pipe.dtype
-        specs = model.cache_specs(dtype)
+        specs = model.cache_specs(dtype, self.pipe.options.latent_dtype)
         per_token = sum(s.bytes_per_token for spec in specs for s in spec.values())
         t = model.tokens_per_frame(g.height, g.width)
         cache = per_token * t * (request.stream.cached_frames + request.stream.frames_per_chunk)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..attention.common import current_backend, same_kernels_as
 from ..config import MLAConfig, ModelConfig, mla_config, preset
 from ..model import CausalWanModel
 from .config import ModelSection
@@ -91,7 +93,11 @@ def enable_activation_checkpointing(model: CausalWanModel) -> None:
 
         def forward(x, e, text, ctx, cache=None, _inner=inner):
             if cache is None and torch.is_grad_enabled():
-                return checkpoint(_inner, x, e, text, ctx, None, use_reentrant=False)
+                backend = current_backend()  # the recompute must run the same kernels as this forward
+                return checkpoint(
+                    _inner, x, e, text, ctx, None, use_reentrant=False,
+                    context_fn=lambda: (nullcontext(), same_kernels_as(backend)),
+                )  # fmt: skip
             return _inner(x, e, text, ctx, cache)
 
         block.forward = forward
