@@ -49,6 +49,23 @@ def tiny_model(cfg: ModelConfig | None = None, dtype: torch.dtype = torch.float3
     return model
 
 
+PIXEL_META = {  # a 16x16 pixel-codec video model with the hash text encoder: loads without any weights folder
+    "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
+    "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
+    "video": {"height": 16, "width": 16, "fps": 8},
+}
+
+
+def tiny_mla_checkpoint(folder):
+    """A tiny all-MLA model saved with :data:`PIXEL_META`, as ``Pipeline.from_checkpoint`` reads it."""
+    import dataclasses
+
+    from videomla.checkpoint import save_model
+
+    model = tiny_model(dataclasses.replace(preset("tiny").with_mla(), in_channels=12, out_channels=12))
+    return save_model(model, folder, PIXEL_META)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
     if call.excinfo is not None:

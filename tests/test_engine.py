@@ -19,7 +19,7 @@ from videomla.engine.threads import SMALL_MODEL_PARAMS, choose_threads
 from videomla.pipeline import GenerationRequest, GenerationSpec, Pipeline, chunks_for_frames, resolve_spec
 from videomla.schedule import SamplingSchedule
 
-from conftest import rel_err, tiny_model
+from conftest import rel_err, tiny_mla_checkpoint, tiny_model
 
 GEOMETRY = LatentGeometry(4, 4, 6)
 WINDOW = StreamConfig(sink_frames=1, window_frames=3)
@@ -353,13 +353,7 @@ def test_fast_kernels_are_scoped_to_their_thread():
 
 def test_keyword_fp8_keeps_the_options_mla_path(tmp_path):
     """from_checkpoint(options=EngineOptions(mla_path=...), kv_fp8=True): both choices survive the merge."""
-    model = tiny_model(dataclasses.replace(preset("tiny").with_mla(), in_channels=12, out_channels=12))
-    meta = {
-        "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
-        "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
-        "video": {"height": 16, "width": 16, "fps": 8},
-    }
-    ckpt = save_model(model, tmp_path / "m", meta)
+    ckpt = tiny_mla_checkpoint(tmp_path / "m")
     pipe = Pipeline.from_checkpoint(ckpt, device="cpu", options=EngineOptions(mla_path="absorbed"), kv_fp8=True)
     assert (pipe.options.mla_path, pipe.options.kv_fp8) == ("absorbed", True)
 

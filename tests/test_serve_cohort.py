@@ -12,7 +12,7 @@ from videomla.config import StreamConfig, preset
 from videomla.engine import LatentGeometry, StreamEngine
 from videomla.engine.cohort import CohortRunner, group_cohorts, layout_key
 
-from conftest import rel_err, tiny_model
+from conftest import rel_err, tiny_mla_checkpoint, tiny_model
 
 GEOMETRY = LatentGeometry(4, 4, 6)
 WINDOW = StreamConfig(sink_frames=1, window_frames=3, frames_per_chunk=1)
@@ -146,18 +146,11 @@ def test_engines_that_cache_or_read_differently_never_share_a_cohort():
 
 
 def test_the_serve_budget_counts_fp8_latents(tmp_path):
-    from videomla.checkpoint import save_model
     from videomla.engine import EngineOptions
     from videomla.pipeline import GenerationRequest, Pipeline
     from videomla.serve.scheduler import Scheduler
 
-    model = tiny_model(dataclasses.replace(preset("tiny").with_mla(), in_channels=12, out_channels=12))
-    meta = {
-        "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},
-        "text_encoder": {"type": "hash", "text_dim": 32, "max_tokens": 16},
-        "video": {"height": 16, "width": 16, "fps": 8},
-    }
-    ckpt = save_model(model, tmp_path / "m", meta)
+    ckpt = tiny_mla_checkpoint(tmp_path / "m")
     sizes = []
     for fp8 in (False, True):
         pipe = Pipeline.from_checkpoint(ckpt, device="cpu", options=EngineOptions(False, False, kv_fp8=fp8))
