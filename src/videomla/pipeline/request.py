@@ -26,19 +26,23 @@ from .spec import GenerationSpec
 Output = Literal["numpy", "torch", "latent", "none"]
 
 
-def chunks_for_frames(spec: GenerationSpec, stream: StreamConfig, frames: int) -> int:
-    """Fewest chunks whose decoded frames cover ``frames`` video frames (closed form, any length)."""
-    c = stream.frames_per_chunk
+def latent_frames_for(spec: GenerationSpec, frames: int) -> int:
+    """Fewest latent frames whose decoded video covers ``frames`` frames (closed form, any length)."""
     lo, hi = 1, 1
-    while spec.codec.frames_for(hi * c) < frames:  # doubling then bisection: O(log n) for any codec
+    while spec.codec.frames_for(hi) < frames:  # doubling then bisection: O(log n) for any codec
         lo, hi = hi, 2 * hi
     while lo < hi:
         mid = (lo + hi) // 2
-        if spec.codec.frames_for(mid * c) >= frames:
+        if spec.codec.frames_for(mid) >= frames:
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def chunks_for_frames(spec: GenerationSpec, stream: StreamConfig, frames: int) -> int:
+    """Fewest chunks whose decoded frames cover ``frames`` video frames (frames_for is monotonic)."""
+    return -(-latent_frames_for(spec, frames) // stream.frames_per_chunk)
 
 
 def chunk_of_frame(spec: GenerationSpec, stream: StreamConfig, frame: int) -> int:
@@ -240,9 +244,7 @@ def _check_context(context: Any, spec: GenerationSpec) -> tuple[int, int, torch.
             f"context must be uint8 frames [T, {v.height}, {v.width}, 3] or an image [{v.height}, {v.width}, 3] "
             f"(this model's size), got {frames.dtype} {tuple(frames.shape)}"
         )
-    latents = 1
-    while spec.codec.frames_for(latents) < len(frames):
-        latents += 1
+    latents = latent_frames_for(spec, len(frames))
     if spec.codec.frames_for(latents) != len(frames):
         fits = [spec.codec.frames_for(j) for j in (latents - 1, latents)]
         raise ValueError(
