@@ -230,7 +230,8 @@ def _check_context(context: Any, spec: GenerationSpec) -> tuple[int, int, torch.
     """(video frames, latent frames, uint8 tensor [T, H, W, 3]) of a video to continue or an image to animate."""
     if context is None:
         return 0, 0, None
-    frames = torch.as_tensor(np.asarray(context)) if not isinstance(context, torch.Tensor) else context
+    # a copy, so a read-only array (a decoded image) is taken as is, and the caller's memory is never aliased
+    frames = torch.tensor(np.asarray(context)) if not isinstance(context, torch.Tensor) else context
     v = spec.video
     if frames.ndim == 3:  # one image [H, W, 3]
         frames = frames[None]
