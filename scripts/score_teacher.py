@@ -1,12 +1,12 @@
 """Score a stage-1 (teacher) model's samples with the current evaluator, on held-out prompts, on the CPU.
 
     python scripts/score_teacher.py MODEL_DIR --out FILE.json [--prompts 16] [--noise 2] [--steps 8 32]
-        [--figure FILE.png]
+        [--figure FILE.png] [--device cuda]
 
 Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them). Each prompt is
-streamed (no guidance: the stage-1 sampler) from noise seeds 0..noise-1, to 1x (21 frames) and/or
-6x (126 frames) (``--horizons``), with the listed Euler step counts; real clips of the same prompts are scored
-alongside as the ceiling. Writes per-video scores and means; prints a table. ``--figure`` also
+streamed (no guidance: the stage-1 sampler; text features from the checkpoint's own encoder) from
+noise seeds 0..noise-1, to 1x (21 frames) and/or 6x (126 frames) (``--horizons``), with the listed
+Euler step counts; real clips of the same prompts are scored alongside as the ceiling. Writes per-video scores and means; prints a table. ``--figure`` also
 saves, for the first 6 prompts, the real clip's frames above the first step count's noise-0 sample.
 """
 
@@ -28,10 +28,10 @@ from videomla.codecs import PixelCodec
 from videomla.config import StreamConfig
 from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import AGGREGATES, METRICS, evaluate
+from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
 from videomla.sampler import LatentGeometry, stream_latents
 from videomla.schedule import SamplingSchedule
 from videomla.tables import render_table
-from videomla.text import HashTextEncoder
 
 PROMPT_SEED = 777
 HORIZONS = {"1x": 21, "6x": 126}
@@ -42,16 +42,18 @@ def even_steps(n: int) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def rollout(model, prompts: list[str], steps: int, noise: int, frames: int) -> torch.Tensor:
-    text = model.embed_text(HashTextEncoder(model.config.text_dim).encode(prompts))
+def rollout(model, encoder, prompts: list[str], steps: int, noise: int, frames: int) -> torch.Tensor:
+    """The prompts streamed in one batch from noise seed ``noise``: videos [B, 3, T, 64, 64] on the CPU."""
+    device = next(model.parameters()).device
+    text = model.embed_text(encoder.encode(prompts).to(device))
     stream = StreamConfig(**STREAM)
-    gen = torch.Generator().manual_seed(noise)
+    gen = torch.Generator(device).manual_seed(noise)
     chunks = frames // stream.frames_per_chunk
     schedule = SamplingSchedule(even_steps(steps))
     geometry = LatentGeometry(48, 16, 16)
     latents = stream_latents(model, text, geometry, stream, chunks, schedule, generator=gen, batch=len(prompts))
     codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
-    return codec.decode(torch.cat(list(latents), dim=2).float())
+    return codec.decode(torch.cat(list(latents), dim=2).float().cpu())
 
 
 def figure(real: list[torch.Tensor], sampled: torch.Tensor, out: Path, rows: int = 6) -> None:
@@ -77,11 +79,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--figure", type=Path, help="PNG: real clips above samples (first --steps value, noise 0)")
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
+    ap.add_argument("--device", default="cpu", help="where the model runs (scores are computed on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = load_model(args.model, dtype=torch.float32)
+    model = load_model(args.model, dtype=torch.float32).to(args.device)
+    encoder = build_text_encoder(
+        resolve_spec(args.model)[1].text_encoder, model.config.text_dim, args.device, torch.float32
+    )
     prompts = [caption(clip_params_at(PROMPT_SEED, i)) for i in range(args.prompts)]
-    result: dict = {"model": args.model, "prompts": prompts, "prompt_seed": PROMPT_SEED, "runs": {}}
+    result: dict = {
+        "model": args.model,
+        "text_context": getattr(encoder, "context", 0),
+        "prompts": prompts,
+        "prompt_seed": PROMPT_SEED,
+        "runs": {},
+    }
     horizons = {h: HORIZONS[h] for h in args.horizons}
     longest = max(horizons.values())
     real = [evaluate(render(clip_params_at(PROMPT_SEED, i), longest), p).overall for i, p in enumerate(prompts)]
@@ -90,7 +102,7 @@ def main() -> None:
         per = {h: [] for h in horizons}
         start = time.perf_counter()
         for noise in range(args.noise):
-            videos = rollout(model, prompts, steps, noise, longest)
+            videos = rollout(model, encoder, prompts, steps, noise, longest)
             if args.figure and noise == 0 and steps == args.steps[0]:
                 clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(min(6, len(prompts)))]
                 figure(clips, videos[:, :, : HORIZONS[args.horizons[0]]], args.figure)

@@ -5,6 +5,12 @@ word maps to a fixed pseudo-random unit vector seeded by a stable hash of the wo
 is its sequence of word vectors (plus a position code), zero-padded to ``max_tokens``. It has no
 weights to download; the DiT's ``text_embedding`` learns what the words mean. UMT5-XXL (real
 scale, :class:`UMT5TextEncoder`) plugs in through the same ``encode`` method.
+
+Wan's DiT has no text self-attention: what binds "red" to "circle" is the encoder (UMT5's
+contextual features). Plain word vectors carry no such binding, so a hash encoder with
+``context=c`` adds to each word the vector of the (2c+1)-word span centred on it (the hashing
+trick of n-gram features): in "a large red circle and a small blue square" the token "red" also
+carries the one vector of "large red circle".
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ class TextEncoder(Protocol):
 
 
 class HashTextEncoder:
-    def __init__(self, text_dim: int, max_tokens: int = 16):
+    def __init__(self, text_dim: int, max_tokens: int = 16, context: int = 0):
+        if context < 0:
+            raise ValueError(f"context is a number of neighbouring words on each side (>= 0), got {context}")
         self.text_dim = text_dim
         self.max_tokens = max_tokens
+        self.context = context
 
     @staticmethod
     def words(prompt: str) -> list[str]:
@@ -50,6 +59,9 @@ class HashTextEncoder:
                 raise ValueError(f"prompt has {len(words)} words; this encoder takes at most {self.max_tokens}")
             for j, word in enumerate(words):
                 out[i, j] = self.word_vector(word) + 0.1 * self.word_vector(f"<pos{j}>")
+                if self.context:
+                    span = " ".join(words[max(0, j - self.context) : j + self.context + 1])
+                    out[i, j] += self.word_vector(f"<span>{span}")
         return out
 
 

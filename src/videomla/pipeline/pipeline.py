@@ -108,7 +108,7 @@ def build_text_encoder(spec: TextSpec, text_dim: int | None, device: torch.devic
         dim = spec.text_dim or text_dim
         if dim is None:
             raise ValueError("a hash text encoder needs text_dim (from its metadata or the model)")
-        return HashTextEncoder(dim, spec.max_tokens or 16)
+        return HashTextEncoder(dim, spec.max_tokens or 16, spec.context or 0)
     if spec.path is None:
         raise FileNotFoundError(
             "this checkpoint reads UMT5-XXL text features: give the encoder's folder (--text-encoder PATH, "
@@ -132,7 +132,7 @@ def resolve_spec(
         if spec.codec.type != "wan-vae":
             raise ValueError(f"a VAE folder was given, but this checkpoint uses the {spec.codec.type} codec")
         spec = dataclasses.replace(spec, codec=spec.codec.with_vae_folder(vae))
-    if text_encoder == "hash":
+    if text_encoder == "hash" and spec.text_encoder.type != "hash":
         tokens = spec.text_encoder.max_tokens or (512 if spec.text_encoder.type == "umt5" else 16)
         spec = dataclasses.replace(spec, text_encoder=TextSpec(type="hash", max_tokens=tokens))
     elif text_encoder is not None:

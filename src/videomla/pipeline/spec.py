@@ -61,6 +61,7 @@ class TextSpec:
     path: str | None = None  # umt5: text encoder + tokenizer folder (or given by --text-encoder)
     text_dim: int | None = None  # hash: feature width (None: the model's text_dim)
     max_tokens: int | None = None  # None: 16 for hash, 512 for umt5 (Wan's text length)
+    context: int | None = None  # hash: words of context on each side (None: 0, plain word vectors)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class VideoSpec:
 
 # Keys each section type may carry in metadata (besides "type").
 _CODEC_KEYS = {"pixel": ("spatial_stride", "scale", "offset"), "wan-vae": ("path",)}
-_TEXT_KEYS = {"hash": ("text_dim", "max_tokens"), "umt5": ("path", "max_tokens")}
+_TEXT_KEYS = {"hash": ("text_dim", "max_tokens", "context"), "umt5": ("path", "max_tokens")}
 # The streaming semantics a checkpoint without videomla metadata was trained with, by format.
 PEER_STREAM = {"torch": "self-forcing", "wan2.1": "self-forcing", "diffusers": "self-forcing"}
 

@@ -131,10 +131,11 @@ class WorldSource:
 
     Video frames map 1:1 to latent frames through ``PixelCodec(spatial_stride)``; captions go
     through :class:`~videomla.text.HashTextEncoder`. ``options`` (``data.world``): ``num_clips``,
-    ``seed``, ``spatial_stride``, ``scale``, ``max_tokens`` and any :class:`WorldSpec` field.
+    ``seed``, ``spatial_stride``, ``scale``, ``max_tokens``, ``text_context`` (the hash encoder's
+    ``context``) and any :class:`WorldSpec` field.
     """
 
-    KEYS = ("num_clips", "seed", "spatial_stride", "scale", "offset", "max_tokens")
+    KEYS = ("num_clips", "seed", "spatial_stride", "scale", "offset", "max_tokens", "text_context")
 
     def __init__(self, options: dict[str, Any], cfg: ModelConfig, frames: int, seed: int):
         from ..codecs import PixelCodec
@@ -157,7 +158,7 @@ class WorldSource:
                 f"the pixel codec with stride {self.codec.spatial_stride} makes {self.codec.latent_channels}-channel "
                 f"latents; the model takes {cfg.in_channels} (the 'world' preset takes 48: stride 4)"
             )
-        self.text = HashTextEncoder(cfg.text_dim, int(own.get("max_tokens", 16)))
+        self.text = HashTextEncoder(cfg.text_dim, int(own.get("max_tokens", 16)), int(own.get("text_context", 0)))
         latent = spec.size // self.codec.spatial_stride
         if spec.size % self.codec.spatial_stride or latent % cfg.patch_size[1] or latent % cfg.patch_size[2]:
             raise ValueError(
@@ -209,7 +210,9 @@ class WorldSource:
             codec=CodecSpec(
                 "pixel", spatial_stride=self.codec.spatial_stride, scale=self.codec.scale, offset=self.codec.offset
             ),
-            text_encoder=TextSpec("hash", text_dim=self.text.text_dim, max_tokens=self.text.max_tokens),
+            text_encoder=TextSpec(
+                "hash", text_dim=self.text.text_dim, max_tokens=self.text.max_tokens, context=self.text.context or None
+            ),
             video=VideoSpec(height=spec.size, width=spec.size, fps=spec.fps),
             stream=stream,
             schedule=schedule,
