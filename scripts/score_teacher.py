@@ -1,13 +1,15 @@
 """Score a stage-1 (teacher) model's samples with the current evaluator, on held-out prompts, on the CPU.
 
     python scripts/score_teacher.py MODEL_DIR --out FILE.json [--prompts 16] [--noise 2] [--steps 8 32]
-        [--figure FILE.png] [--device cuda]
+        [--solver euler] [--figure FILE.png] [--device cuda]
 
 Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them). Each prompt is
-streamed (no guidance: the stage-1 sampler; text features from the checkpoint's own encoder) from
-noise seeds 0..noise-1, to 1x (21 frames) and/or 6x (126 frames) (``--horizons``), with the listed
-Euler step counts; real clips of the same prompts are scored alongside as the ceiling. Writes per-video scores and means; prints a table. ``--figure`` also
-saves, for the first 6 prompts, the real clip's frames above the first step count's noise-0 sample.
+streamed (no guidance; text features from the checkpoint's own encoder) from noise seeds
+0..noise-1, to 1x (21 frames) and/or 6x (126 frames) (``--horizons``), with the listed step counts
+of ``--solver`` (renoise: the few-step sampler, the default; euler: the flow-matching ODE); real
+clips of the same prompts are scored alongside as the ceiling. Writes per-video scores and means;
+prints a table. ``--figure`` also saves, for the first 6 prompts, the real clip's frames above the
+first step count's noise-0 sample.
 """
 
 from __future__ import annotations
@@ -30,26 +32,24 @@ from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import AGGREGATES, METRICS, evaluate
 from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
 from videomla.sampler import LatentGeometry, stream_latents
-from videomla.schedule import SamplingSchedule
+from videomla.schedule import SOLVERS, SamplingSchedule, even_steps
 from videomla.tables import render_table
 
 PROMPT_SEED = 777
 HORIZONS = {"1x": 21, "6x": 126}
 
 
-def even_steps(n: int) -> tuple[int, ...]:
-    return tuple(round(1000 * (n - i) / n) for i in range(n))
-
-
 @torch.no_grad()
-def rollout(model, encoder, prompts: list[str], steps: int, noise: int, frames: int) -> torch.Tensor:
+def rollout(
+    model, encoder, prompts: list[str], steps: int, noise: int, frames: int, solver: str = "renoise"
+) -> torch.Tensor:
     """The prompts streamed in one batch from noise seed ``noise``: videos [B, 3, T, 64, 64] on the CPU."""
     device = next(model.parameters()).device
     text = model.embed_text(encoder.encode(prompts).to(device))
     stream = StreamConfig(**STREAM)
     gen = torch.Generator(device).manual_seed(noise)
     chunks = frames // stream.frames_per_chunk
-    schedule = SamplingSchedule(even_steps(steps))
+    schedule = SamplingSchedule(even_steps(steps), solver=solver)
     geometry = LatentGeometry(48, 16, 16)
     latents = stream_latents(model, text, geometry, stream, chunks, schedule, generator=gen, batch=len(prompts))
     codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--figure", type=Path, help="PNG: real clips above samples (first --steps value, noise 0)")
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
+    ap.add_argument("--solver", choices=SOLVERS, default="renoise", help="the sampler (videomla.schedule)")
     ap.add_argument("--device", default="cpu", help="where the model runs (scores are computed on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -102,7 +103,7 @@ def main() -> None:
         per = {h: [] for h in horizons}
         start = time.perf_counter()
         for noise in range(args.noise):
-            videos = rollout(model, encoder, prompts, steps, noise, longest)
+            videos = rollout(model, encoder, prompts, steps, noise, longest, args.solver)
             if args.figure and noise == 0 and steps == args.steps[0]:
                 clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(min(6, len(prompts)))]
                 figure(clips, videos[:, :, : HORIZONS[args.horizons[0]]], args.figure)
@@ -110,7 +111,8 @@ def main() -> None:
                 for p, v in zip(prompts, videos):
                     per[h].append({**evaluate(v[:, :frames], p).overall, "noise_seed": noise, "prompt": p})
         for h in horizons:
-            result["runs"][f"{steps} steps {h}"] = {"mean": mean(per[h]), "videos": per[h]}
+            name = f"{steps}{' euler' if args.solver == 'euler' else ''} steps {h}"
+            result["runs"][name] = {"mean": mean(per[h]), "videos": per[h]}
         print(f"{steps} steps: {time.perf_counter() - start:.0f} s", flush=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     cols = (*METRICS, *AGGREGATES)

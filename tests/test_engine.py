@@ -185,9 +185,19 @@ def test_schedule_round_trips_through_export_and_generate(tmp_path, seed):
     assert calls == [1000.0, pytest.approx(750.0), 0.0]  # 500 warped by shift 3 = 750
     calls.clear()
     list(pipe.stream("a", 0.375, seed=seed, steps=(1000, 750, 500, 250), shift=5.0))  # --steps/--shift win
-    assert len(calls) == 5 and pipe.summary.run["schedule"] == {"steps": [1000, 750, 500, 250], "shift": 5.0}
+    assert len(calls) == 5 and pipe.summary.run["schedule"] == {
+        "steps": [1000, 750, 500, 250],
+        "shift": 5.0,
+        "solver": "renoise",
+    }
+    list(pipe.stream("a", 0.375, seed=seed, solver="euler"))  # --solver wins too, keeping the steps
+    assert pipe.summary.run["schedule"] == {"steps": [1000, 500], "shift": 3.0, "solver": "euler"}
     with pytest.raises(ValueError, match="strictly decreasing"):
         SamplingSchedule((500, 1000))
+    with pytest.raises(ValueError, match="unknown solver 'heun'"):
+        SamplingSchedule(solver="heun")
+    old_metadata = {k: v for k, v in schedule.to_dict().items() if k != "solver"}  # written before solvers
+    assert GenerationSpec.from_dict({**META, "schedule": old_metadata}).schedule.solver == "renoise"
 
 
 def test_every_checkpoint_layout_resolves_the_same(tmp_path):

@@ -24,7 +24,7 @@ from videomla.pipeline import GenerationSpec, Pipeline, parse_prompt, prompt_sch
 
 from conftest import tiny_model
 
-DEFAULT_SCHEDULE = {"steps": [1000, 750, 500, 250], "shift": 5.0}
+DEFAULT_SCHEDULE = {"steps": [1000, 750, 500, 250], "shift": 5.0, "solver": "renoise"}
 H, W, FPS = 24, 32, 8  # pixel codec stride 2: 12x16 latents, 6x8 = 48 tokens per frame
 META = {
     "codec": {"type": "pixel", "spatial_stride": 2, "scale": 1.0, "offset": 0.0},

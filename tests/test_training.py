@@ -19,7 +19,7 @@ from videomla.cli import main as cli_main
 from videomla.config import StreamConfig, preset
 from videomla.pipeline import resolve_checkpoint
 from videomla.sampler import LatentGeometry, stream_latents
-from videomla.schedule import warp_steps
+from videomla.schedule import TEACHER_SAMPLER, SamplingSchedule, warp_steps
 from videomla.training.checkpointing import latest_checkpoint, list_checkpoints
 from videomla.training.config import config_from_dict, load_config
 from videomla.training.data import Batch, DataOrder, LatentFolder, collate, local_slice
@@ -341,6 +341,16 @@ def test_dmd_generator_step_moves_samples_against_fake_minus_real(seed: int) -> 
     assert cosine > 0.2, cosine  # a random direction: |cos| ~ 0.05 here
 
 
+def test_exports_record_the_sampler_their_stage_wants() -> None:
+    cfg = stage_config("teacher_forcing")
+    assert cfg.schedule.sampler("teacher_forcing") == TEACHER_SAMPLER  # a flow-matching model: the ODE
+    assert cfg.schedule.sampler("dmd") == SamplingSchedule((1000, 750, 500, 250), 5.0, "renoise")
+    explicit = config_from_dict({**cfg.to_dict(), "schedule": {"steps": [1000, 500], "solver": "euler"}})
+    assert explicit.schedule.sampler("teacher_forcing") == SamplingSchedule((1000, 500), 5.0, "euler")
+    with pytest.raises(ValueError, match=r"schedule\.solver"):
+        config_from_dict({**cfg.to_dict(), "schedule": {"solver": "heun"}})
+
+
 # -- runs: resume, atomic saves, export, CLI -----------------------------------------------------------
 @pytest.mark.parametrize("stage", ["teacher_forcing", "consistency", "dmd"])
 def test_resumed_run_reproduces_the_uninterrupted_run(workspace: dict, tmp_path: Path, stage: str) -> None:
@@ -418,7 +428,7 @@ def test_cli_trains_exports_and_the_export_loads(workspace: dict, tmp_path: Path
     exported = latest_checkpoint(out / "checkpoints") / "model"
     meta = json.loads((exported / "config.json").read_text())
     assert meta["stream"] == {**STREAM, "rope_mode": "window-relative"} and meta["training"]["step"] == 2
-    assert meta["schedule"] == {"steps": [1000, 750, 500, 250], "shift": 5.0}  # the sampler it was trained for
+    assert meta["schedule"] == TEACHER_SAMPLER.to_dict()  # a stage-1 model is sampled by the flow-matching ODE
     assert resolve_checkpoint(out) == exported  # stage 2/3 configs may name a run folder
     model = load_model(exported)
     trained = load_file(exported.parent / "generator.safetensors")

@@ -3,6 +3,12 @@
 x_t = (1 - sigma) x0 + sigma * eps, the model predicts the velocity eps - x0, and
 sigma = t / 1000. A few-step list like [1000, 750, 500, 250] is warped through the shift, so
 the timesteps actually used are [1000, 937.5, 833.3, 625].
+
+Two solvers walk the list. ``renoise`` (Self-Forcing's few-step sampler, what distilled students
+are trained for) predicts x0 at each step and noises it afresh to the next level. ``euler`` is
+the flow-matching ODE (x <- x + (sigma' - sigma) v, as Wan's base sampler), the one a stage-1
+(teacher-forcing) model wants: on the world teacher, 16 Euler steps score 0.62 overall where
+8 re-noising steps score 0.44 and lose a quarter of the small objects (docs/reproduction.md).
 """
 
 from __future__ import annotations
@@ -15,12 +21,20 @@ import torch
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_SHIFT = 5.0
 FOUR_STEPS = (1000, 750, 500, 250)
+SOLVERS = ("renoise", "euler")
 
 
 def shift_sigma(s: torch.Tensor | float, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
     """sigma' = shift * s / (1 + (shift - 1) * s)."""
     s = torch.as_tensor(s, dtype=torch.float64)
     return shift * s / (1 + (shift - 1) * s)
+
+
+def even_steps(n: int, name: str = "the step count") -> tuple[int, ...]:
+    """``n`` evenly spaced timesteps from 1000 down (before the shift): diffusers' ``num_inference_steps``."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"{name} must be an integer in 1..{NUM_TRAIN_TIMESTEPS}, got {n!r}")
+    return tuple(round(NUM_TRAIN_TIMESTEPS * (n - i) / n) for i in range(n))
 
 
 def warp_steps(steps: tuple[int, ...] = FOUR_STEPS, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
@@ -42,8 +56,11 @@ class SamplingSchedule:
 
     steps: tuple[int, ...] = FOUR_STEPS
     shift: float = DEFAULT_SHIFT
+    solver: str = "renoise"  # one of SOLVERS (module docstring)
 
     def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose from {list(SOLVERS)}")
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
         if not self.steps or list(self.steps) != sorted(set(self.steps), reverse=True):
             raise ValueError(f"schedule steps must be a non-empty, strictly decreasing list, got {list(self.steps)}")
@@ -55,10 +72,14 @@ class SamplingSchedule:
         return warp_steps(self.steps, self.shift)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": list(self.steps), "shift": self.shift}
+        return {"steps": list(self.steps), "shift": self.shift, "solver": self.solver}
 
     def describe(self) -> str:
-        return f"{len(self.steps)} steps {list(self.steps)} at shift {self.shift:g}"
+        return f"{len(self.steps)} {self.solver} steps {list(self.steps)} at shift {self.shift:g}"
+
+
+# How a stage-1 (teacher-forcing) model is sampled unless told otherwise: 16 Euler steps of the ODE.
+TEACHER_SAMPLER = SamplingSchedule(even_steps(16), solver="euler")
 
 
 def sigma_of(t: torch.Tensor | float) -> torch.Tensor:

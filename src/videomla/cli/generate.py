@@ -19,6 +19,7 @@ import json
 import sys
 
 from ..config import STREAM_PRESETS
+from ..schedule import SOLVERS, even_steps
 from .common import DTYPES, add_which_arg, parse_dtype
 
 
@@ -110,8 +111,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--frames-per-chunk", type=int, help="latent frames per chunk")
     s.add_argument("--rope", choices=("window-relative", "absolute"), help="temporal RoPE positions")
-    s.add_argument("--steps", type=_steps, help="denoising timesteps, e.g. 1000,750,500,250")
+    steps = s.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=_steps, help="denoising timesteps, e.g. 1000,750,500,250")
+    steps.add_argument("--num-steps", type=int, help="N evenly spaced denoising timesteps from 1000 (before the shift)")
     s.add_argument("--shift", type=float, help="timestep shift of the sampler")
+    s.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        help="renoise: the few-step sampler of distilled students; euler: the flow-matching ODE (teachers)",
+    )
     s.add_argument(
         "--recache", action="store_true", help="on a prompt switch, rebuild the KV cache under the new prompt"
     )
@@ -175,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
         window=args.window,
         frames_per_chunk=args.frames_per_chunk,
         rope=args.rope,
-        steps=args.steps,
+        steps=args.steps if args.num_steps is None else even_steps(args.num_steps, "--num-steps"),
         shift=args.shift,
+        solver=args.solver,
         recache=args.recache,
         keep_sink=args.keep_sink,
         format=args.format,

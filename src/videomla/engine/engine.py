@@ -128,7 +128,7 @@ class NonFiniteError(RuntimeError):
 
 
 class StreamEngine:
-    """``batch`` streams of one model, their cache, and the few-step chunk step."""
+    """``batch`` streams of one model, their cache, and the chunk step (either solver of the schedule)."""
 
     def __init__(
         self,
@@ -204,7 +204,7 @@ class StreamEngine:
         graphed = self.graphs is not None and k == 0
         forward = self.graphs.forward_chunk if graphed else self.model.forward_chunk
         text = text.expand(self.batch, -1, -1) if text.shape[0] == 1 and self.batch > 1 else text
-        steps = self.timesteps
+        steps, euler = self.timesteps, self.schedule.solver == "euler"
         with self._kernels(), torch.no_grad():
             x = self._noise(generator)
             for i, t in enumerate(steps):
@@ -214,7 +214,9 @@ class StreamEngine:
                 x0 = to_x0(x, velocity, sigma_of(t))
                 if k:
                     x0[:, :, :k] = given
-                if i + 1 < len(steps):
+                if i + 1 < len(steps) and euler:
+                    x = x + float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity
+                elif i + 1 < len(steps):
                     x = add_noise(x0, self._noise(generator), sigma_of(steps[i + 1]))
             forward(x0, self._timestep(0.0), text, self.cache, write=True)
         if self.keep_history:

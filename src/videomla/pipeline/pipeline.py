@@ -35,6 +35,7 @@ from ..lora import merge_lora
 from ..model import CausalWanModel
 from ..parallel import TokenShard
 from ..quant import FP8Linear, set_compute
+from ..schedule import even_steps
 from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
 from ..video_io import open_writer
 from .prompts import Prompts
@@ -313,10 +314,7 @@ class Pipeline:
                 raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
             seconds = num_frames / self.spec.video.fps
         if num_inference_steps is not None:
-            if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
-                raise ValueError(f"num_inference_steps must be an integer in 1..1000, got {num_inference_steps!r}")
-            n = num_inference_steps
-            request["steps"] = tuple(round(1000 * (n - i) / n) for i in range(n))
+            request["steps"] = even_steps(num_inference_steps, "num_inference_steps")
         outputs = {"np": "numpy", "pt": "torch", "latent": "latent"}
         if output_type not in outputs:
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
@@ -347,7 +345,7 @@ class Pipeline:
         """Generate ``seconds`` of video (None: forever) and yield it chunk by chunk as :class:`FrameChunk`.
 
         Keyword arguments are those of :meth:`GenerationRequest.build` (``stream``, ``sink``,
-        ``window``, ``rope``, ``steps``, ``shift``, ``seed``, ``recache``, ``keep_sink``, ``out``,
+        ``window``, ``rope``, ``steps``, ``shift``, ``solver``, ``seed``, ``recache``, ``keep_sink``, ``out``,
         ``format``, ``grid_frames``, ``output``); they are checked here, before anything runs.
         Closing the iterator early (or an exception) finishes the file with the frames so far.
         """

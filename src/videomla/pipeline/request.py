@@ -89,6 +89,7 @@ class GenerationRequest:
         rope: str | None = None,
         steps: tuple[int, ...] | None = None,
         shift: float | None = None,
+        solver: str | None = None,
         seed: int | None = None,
         recache: bool = False,
         keep_sink: bool = False,
@@ -102,7 +103,8 @@ class GenerationRequest:
     ) -> GenerationRequest:
         """``stream``: a :class:`StreamConfig` or a preset name (``self-forcing``, ``longlive``,
         ``reward-forcing``, ``videomla``); None: the checkpoint's. ``sink`` / ``window`` /
-        ``frames_per_chunk`` / ``rope`` then override single fields, ``steps`` / ``shift`` the sampler.
+        ``frames_per_chunk`` / ``rope`` then override single fields, ``steps`` / ``shift`` / ``solver``
+        (``renoise`` or ``euler``, :mod:`videomla.schedule`) the sampler.
         ``context``: frames [T, H, W, 3] (uint8) of a video to continue, or one image [H, W, 3] to
         animate (image-to-video); the cache is filled with them first and the new video (``seconds``
         long, prompt times relative to its start, the given frames not repeated) follows. A context
@@ -126,9 +128,11 @@ class GenerationRequest:
                 "of the video; use a window or sink of at least 1 frame"
             )
         schedule = spec.schedule
-        if steps is not None or shift is not None:
+        if steps is not None or shift is not None or solver is not None:
             schedule = SamplingSchedule(
-                tuple(steps) if steps is not None else schedule.steps, schedule.shift if shift is None else shift
+                tuple(steps) if steps is not None else schedule.steps,
+                schedule.shift if shift is None else shift,
+                schedule.solver if solver is None else solver,
             )
         if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"seconds must be positive, got {seconds}")

@@ -19,7 +19,7 @@ import yaml
 
 from ..checkpoint import Which
 from ..config import StreamConfig
-from ..schedule import DEFAULT_SHIFT, FOUR_STEPS
+from ..schedule import DEFAULT_SHIFT, FOUR_STEPS, SOLVERS, TEACHER_SAMPLER, SamplingSchedule
 
 Stage = Literal["teacher_forcing", "consistency", "dmd"]
 STAGES: tuple[str, ...] = typing.get_args(Stage)
@@ -130,12 +130,27 @@ class TeacherSection:
 
 @dataclass
 class ScheduleSection:
+    """The sampler: the distilled stages train for it; every export records it.
+
+    ``solver`` None: a stage-1 (teacher-forcing) export records the flow-matching ODE
+    (:data:`TEACHER_SAMPLER`), a distilled one ``renoise`` over ``steps``.
+    """
+
     shift: float = DEFAULT_SHIFT
     steps: tuple[int, ...] = FOUR_STEPS  # the few-step list, warped through ``shift``
+    solver: str | None = None
 
     def __post_init__(self) -> None:
         if list(self.steps) != sorted(self.steps, reverse=True) or not self.steps:
             raise ValueError(f"schedule.steps must be a decreasing list, got {list(self.steps)}")
+        if self.solver is not None and self.solver not in SOLVERS:
+            raise ValueError(f"schedule.solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+
+    def sampler(self, stage: str) -> SamplingSchedule:
+        """What an export of ``stage`` is sampled with."""
+        if stage == "teacher_forcing" and self.solver is None:
+            return SamplingSchedule(TEACHER_SAMPLER.steps, self.shift, TEACHER_SAMPLER.solver)
+        return SamplingSchedule(tuple(self.steps), self.shift, self.solver or "renoise")
 
 
 @dataclass

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from ..model import CausalWanModel
 from ..pipeline.spec import GenerationSpec
-from ..schedule import SamplingSchedule
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import (
@@ -351,7 +350,7 @@ class Trainer:
 
     def export_metadata(self) -> dict[str, Any]:
         """The exported model's generation metadata (``GenerationSpec`` sections, the sampler included)."""
-        schedule = SamplingSchedule(tuple(self.cfg.schedule.steps), self.cfg.schedule.shift)
+        schedule = self.cfg.schedule.sampler(self.cfg.stage)
         if isinstance(self.source, WorldSource):
             meta: dict[str, Any] = self.source.generation_spec(self.cfg.stream, schedule).to_dict()
         else:  # latents of the Wan VAE: codec, text and video take GenerationSpec's Wan defaults
