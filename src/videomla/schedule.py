@@ -7,8 +7,8 @@ the timesteps actually used are [1000, 937.5, 833.3, 625].
 Two solvers walk the list. ``renoise`` (Self-Forcing's few-step sampler, what distilled students
 are trained for) predicts x0 at each step and noises it afresh to the next level. ``euler`` is
 the flow-matching ODE (x <- x + (sigma' - sigma) v, as Wan's base sampler), the one a stage-1
-(teacher-forcing) model wants: on the world teacher, 16 Euler steps score 0.62 overall where
-8 re-noising steps score 0.44 and lose a quarter of the small objects (docs/reproduction.md).
+(teacher-forcing) model wants: on the world teacher, 8 Euler steps score 0.64 overall where 8
+re-noising steps score 0.47 and lose small objects altogether (docs/reproduction.md).
 """
 
 from __future__ import annotations
