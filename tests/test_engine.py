@@ -7,6 +7,7 @@ import gc
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from videomla.checkpoint import load_model, resolve_checkpoint, save_model
 from videomla.cli import main
 from videomla.config import STREAM_PRESETS, StreamConfig, preset
 from videomla.engine import EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
-from videomla.engine.threads import SMALL_MODEL_PARAMS, choose_threads
+from videomla.engine.threads import SMALL_MODEL_PARAMS, ThreadTuner, choose_threads
 from videomla.pipeline import GenerationRequest, GenerationSpec, Pipeline, chunks_for_frames, resolve_spec
 from videomla.schedule import SamplingSchedule
 
@@ -289,6 +290,44 @@ def test_thread_rule(monkeypatch):
     assert choose_threads(None, 10) == 2
     with pytest.raises(ValueError, match="--threads"):
         choose_threads(0, 10)
+
+
+def test_thread_tuner_keeps_the_faster_count_and_follows_a_change():
+    tuner = ThreadTuner((1, 2), probe_every=8)
+    cost = {1: 1.0, 2: 0.6}  # idle: 2 threads faster
+    ran = []
+    for chunk in range(40):
+        if chunk == 20:
+            cost = {1: 1.0, 2: 4.0}  # a neighbour arrives: 2 threads spin against it
+        t = tuner.next()
+        ran.append(t)
+        tuner.record(cost[t] * (5.0 if chunk == 0 else 1.0))  # chunk 0's one-time costs are not counted
+    assert ran[:5] == [1, 1, 2, 1, 2]  # warm-up, then both counts timed twice
+    assert ran[5:8] == [2, 2, 2] and ran[8] == 1  # the faster, then a probe of the other at chunk 8
+    assert ran[17] == 2 and ran[24] == 2  # still 2 just after the change, re-timed by the probe at 24
+    assert ran[26:32] == [1] * 6 and ran[32] == 2  # moved to 1 thread; 2 probed again at chunk 32
+    assert tuner.used == {1: ran.count(1), 2: ran.count(2)}
+    with pytest.raises(ValueError, match="two or more"):
+        ThreadTuner((1,))
+
+
+def test_a_tuned_stream_makes_the_same_video(monkeypatch, seed):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("videomla.pipeline.pipeline.available_cores", lambda: 2)
+    monkeypatch.setattr("videomla.engine.threads.available_cores", lambda: 2)
+    before = torch.get_num_threads()
+    tuned = Pipeline.from_checkpoint(None, device="cpu")
+    assert tuned.tune_threads == (1, 2)
+    fixed = Pipeline.from_checkpoint(None, device="cpu", threads=1)
+    assert fixed.tune_threads is None
+    prompt = "a large red circle"
+    videos = [np.concatenate([c.frames for c in p.stream(prompt, 3, seed=seed)]) for p in (tuned, fixed)]
+    assert np.array_equal(videos[0], videos[1])  # uint8 frames: thread count does not change the video
+    used = tuned.summary.run["thread_chunks"]  # 8 chunks: 3 + 2 in the warm-up, the rest by timing
+    assert set(used) == {"1", "2"} and sum(used.values()) == 8 and min(used.values()) >= 2
+    assert used[str(tuned.summary.run["threads"])] == max(used.values())
+    assert "thread_chunks" not in fixed.summary.run
+    torch.set_num_threads(before)
 
 
 def test_steady_fps_is_read_over_the_latest_chunks():

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_metadata, load_model, resolve_checkpoint
 from ..codecs import PixelCodec, VideoCodec, WanVAECodec
 from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
-from ..engine.threads import set_cpu_threads
+from ..engine.threads import ThreadTuner, available_cores, is_tunable, set_cpu_threads
 from ..lora import merge_lora
 from ..model import CausalWanModel
 from ..parallel import TokenShard
@@ -188,7 +188,10 @@ class Pipeline:
         cache_dtype: torch.dtype | None = None,
         offload_text_encoder: bool = False,
         shard: TokenShard | None = None,
+        tune_threads: tuple[int, ...] | None = None,
     ):
+        """``tune_threads``: CPU thread counts a stream chooses among chunk by chunk
+        (:class:`~videomla.engine.threads.ThreadTuner`); None keeps the process's count."""
         cfg = model.config
         if codec.latent_channels != cfg.in_channels or cfg.out_channels != cfg.in_channels:
             raise ValueError(
@@ -212,6 +215,7 @@ class Pipeline:
         self.cache_dtype = cache_dtype
         self.offload_text_encoder = offload_text_encoder
         self.shard = shard  # sequence parallel: this process's token slice; rank 0 decodes and writes
+        self.tune_threads = tune_threads
         self.geometry = LatentGeometry(codec.latent_channels, v.height // s, v.width // s)
         self.engine: StreamEngine | None = None  # the running (or last) stream's engine
         self.summary = RunSummary()
@@ -263,8 +267,11 @@ class Pipeline:
         model = load_model(path, which=which, device=device, dtype=dtype)
         if lora is not None:
             merge_lora(model, lora, lora_alpha)
+        tune = None
         if device.type == "cpu":
             set_cpu_threads(threads, model)
+            if is_tunable(threads, sum(p.numel() for p in model.parameters())):
+                tune = (1, available_cores())
         check_attention(model, attention, options)
         set_compute(model, compute)  # "fp8": e4m3 linears in the blocks (videomla.quant)
         encoder = encoder or build_text_encoder(spec.text_encoder, model.config.text_dim, device, dtype)
@@ -272,7 +279,7 @@ class Pipeline:
             encoder.encoder.to("cpu")
         return cls(
             model, spec, codec, encoder, options=options, decode_overlap=decode_overlap,
-            offload_text_encoder=offload_text_encoder, shard=shard,
+            offload_text_encoder=offload_text_encoder, shard=shard, tune_threads=tune,
         )  # fmt: skip
 
     from_pretrained = from_checkpoint  # the diffusers name; local folders only
@@ -441,6 +448,7 @@ class Pipeline:
             },
         )
         generator = generator or torch.Generator(self.device).manual_seed(request.seed)
+        tuner = None if self.tune_threads is None or cuda else ThreadTuner(self.tune_threads)
         follower = self.shard is not None and self.shard.rank != 0  # rank 0 decodes and writes
         if follower:
             request = dataclasses.replace(request, out=None, output="latent")
@@ -497,9 +505,13 @@ class Pipeline:
                 if request.recache and k > 0 and k in request.switch_chunks:
                     engine.recache(embedded[prompt], request.keep_sink)
                     summary.recaches += 1
+                if tuner is not None:
+                    torch.set_num_threads(tuner.next())
                 timer = _StepTimer(cuda)
                 x0 = engine.step(embedded[prompt], generator, given)
                 timer.stop()
+                if tuner is not None:
+                    tuner.record(timer.seconds())
                 if given is not None:  # the given frames were decoded with the context: not again
                     x0, given = x0[:, :, given.shape[2] :], None
                 job = queue.submit(x0) if queue is not None else DecodedChunk(None, torch.isfinite(x0).all())
@@ -523,6 +535,10 @@ class Pipeline:
             raise
         finally:
             summary.wall_seconds = time.perf_counter() - started
+            if tuner is not None:  # the count most chunks ran with, and how many ran with each
+                summary.run["threads"] = max(tuner.used, key=tuner.used.get, default=torch.get_num_threads())
+                summary.run["thread_chunks"] = {str(t): n for t, n in sorted(tuner.used.items())}
+                torch.set_num_threads(tuner.candidates[0])
             bar.close()
             if writer is not None:
                 writer.close()
