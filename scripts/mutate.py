@@ -166,9 +166,16 @@ MUTANTS = [
     (
         "export schedule",
         "training/trainer.py",
-        "schedule = SamplingSchedule(tuple(self.cfg.schedule.steps), self.cfg.schedule.shift)",
+        "schedule = self.cfg.schedule.sampler(self.cfg.stage)",
         "schedule = SamplingSchedule()",
         "tests/test_training.py",
+    ),
+    (
+        "euler step sign",
+        "engine/engine.py",
+        "state = state + float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity.float()",
+        "state = state - float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity.float()",
+        "tests/test_sampler.py",
     ),
     (
         "parallel key order",

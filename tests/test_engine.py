@@ -197,6 +197,9 @@ def test_schedule_round_trips_through_export_and_generate(tmp_path, seed):
         SamplingSchedule((500, 1000))
     with pytest.raises(ValueError, match="unknown solver 'heun'"):
         SamplingSchedule(solver="heun")
+    for bad in ("1", 1.5, -1, True):  # a hash encoder's context: a whole number of words, named when wrong
+        with pytest.raises(ValueError, match="context"):
+            GenerationSpec.from_dict({**META, "text_encoder": {**META["text_encoder"], "context": bad}})
     old_metadata = {k: v for k, v in schedule.to_dict().items() if k != "solver"}  # written before solvers
     assert GenerationSpec.from_dict({**META, "schedule": old_metadata}).schedule.solver == "renoise"
 
@@ -294,40 +297,48 @@ def test_thread_rule(monkeypatch):
 
 def test_thread_tuner_keeps_the_faster_count_and_follows_a_change():
     tuner = ThreadTuner((1, 2), probe_every=8)
-    cost = {1: 1.0, 2: 0.6}  # idle: 2 threads faster
     ran = []
-    for chunk in range(40):
-        if chunk == 20:
-            cost = {1: 1.0, 2: 4.0}  # a neighbour arrives: 2 threads spin against it
+    for chunk in range(48):
+        busy = 20 <= chunk < 36  # a neighbour: 2 threads spin against it; idle, 2 threads are faster
+        cost = {1: 1.0, 2: 4.0 if busy else 0.6}
         t = tuner.next()
         ran.append(t)
         tuner.record(cost[t] * (5.0 if chunk == 0 else 1.0))  # chunk 0's one-time costs are not counted
-    assert ran[:5] == [1, 1, 2, 1, 2]  # warm-up, then both counts timed twice
-    assert ran[5:8] == [2, 2, 2] and ran[8] == 1  # the faster, then a probe of the other at chunk 8
-    assert ran[17] == 2 and ran[24] == 2  # still 2 just after the change, re-timed by the probe at 24
-    assert ran[26:32] == [1] * 6 and ran[32] == 2  # moved to 1 thread; 2 probed again at chunk 32
+    assert ran[:5] == [1, 1, 2, 2, 1]  # warm-up, then both counts timed twice (a, b, b, a)
+    assert ran[5:8] == [2, 2, 2] and ran[8] == 1 and ran[9:16] == [2] * 7  # the faster; a probe at 8
+    assert ran[20] == 2 and ran[21:24] == [1, 1, 1]  # the neighbour arrives at 20: moved at once
+    assert ran[24] == 2 and ran[25:32] == [1] * 7 and ran[32] == 2  # probed, still slow: stays on 1
+    assert ran[36:40] == [1] * 4 and ran[40] == 2 and ran[41:] == [2] * 7  # it left at 36: back at the probe
     assert tuner.used == {1: ran.count(1), 2: ran.count(2)}
     with pytest.raises(ValueError, match="two or more"):
         ThreadTuner((1,))
+    with pytest.raises(ValueError, match="probe_every"):
+        ThreadTuner((1, 2), probe_every=1)
 
 
-def test_a_tuned_stream_makes_the_same_video(monkeypatch, seed):
+def test_a_tuned_stream_makes_the_same_video_and_leaves_the_thread_count(monkeypatch, seed):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("videomla.pipeline.pipeline.available_cores", lambda: 2)
     monkeypatch.setattr("videomla.engine.threads.available_cores", lambda: 2)
     before = torch.get_num_threads()
-    tuned = Pipeline.from_checkpoint(None, device="cpu")
-    assert tuned.tune_threads == (1, 2)
-    fixed = Pipeline.from_checkpoint(None, device="cpu", threads=1)
-    assert fixed.tune_threads is None
-    prompt = "a large red circle"
-    videos = [np.concatenate([c.frames for c in p.stream(prompt, 3, seed=seed)]) for p in (tuned, fixed)]
-    assert np.array_equal(videos[0], videos[1])  # uint8 frames: thread count does not change the video
-    used = tuned.summary.run["thread_chunks"]  # 8 chunks: 3 + 2 in the warm-up, the rest by timing
-    assert set(used) == {"1", "2"} and sum(used.values()) == 8 and min(used.values()) >= 2
-    assert used[str(tuned.summary.run["threads"])] == max(used.values())
-    assert "thread_chunks" not in fixed.summary.run
-    torch.set_num_threads(before)
+    try:
+        tuned = Pipeline.from_checkpoint(None, device="cpu")
+        assert tuned.tune_threads == (1, 2)
+        fixed = Pipeline.from_checkpoint(None, device="cpu", threads=1)
+        assert fixed.tune_threads is None
+        prompt, seen = "a large red circle", []
+        frames = []
+        for chunk in tuned.stream(prompt, 3, seed=seed):
+            seen.append(torch.get_num_threads())  # the caller's count between chunks
+            frames.append(chunk.frames)
+        assert seen == [1] * len(seen) and torch.get_num_threads() == 1
+        reference = np.concatenate([c.frames for c in fixed.stream(prompt, 3, seed=seed)])
+        assert np.array_equal(np.concatenate(frames), reference)  # uint8 frames: the count does not change them
+        used = tuned.summary.run["thread_chunks"]  # 8 chunks: 3 + 2 in the warm-up, the other 3 by timing
+        assert sum(used.values()) == 8 and used[str(tuned.summary.run["threads"])] == max(used.values())
+        assert "thread_chunks" not in fixed.summary.run
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_steady_fps_is_read_over_the_latest_chunks():

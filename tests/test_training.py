@@ -349,6 +349,10 @@ def test_exports_record_the_sampler_their_stage_wants() -> None:
     assert explicit.schedule.sampler("teacher_forcing") == SamplingSchedule((1000, 500), 5.0, "euler")
     with pytest.raises(ValueError, match=r"schedule\.solver"):
         config_from_dict({**cfg.to_dict(), "schedule": {"solver": "heun"}})
+    own_steps = config_from_dict({**cfg.to_dict(), "schedule": {"steps": [1000, 600, 200]}})
+    assert own_steps.schedule.sampler("teacher_forcing") == SamplingSchedule((1000, 600, 200), 5.0, "euler")
+    with pytest.raises(ValueError, match="re-noising"):  # a distilled stage trains for renoise only
+        stage_config("dmd", teacher={"checkpoint": "t"}, schedule={"solver": "euler"})
 
 
 # -- runs: resume, atomic saves, export, CLI -----------------------------------------------------------

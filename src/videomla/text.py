@@ -34,7 +34,7 @@ class TextEncoder(Protocol):
 
 class HashTextEncoder:
     def __init__(self, text_dim: int, max_tokens: int = 16, context: int = 0):
-        if context < 0:
+        if not isinstance(context, int) or isinstance(context, bool) or context < 0:
             raise ValueError(f"context is a number of neighbouring words on each side (>= 0), got {context}")
         self.text_dim = text_dim
         self.max_tokens = max_tokens

@@ -39,16 +39,21 @@ def choose_threads(requested: int | None, model_params: int) -> int:
         if requested < 1:
             raise ValueError(f"--threads must be >= 1, got {requested}")
         return requested
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
+    env = env_threads()
+    if env is not None:
+        return env
     return 1 if model_params < SMALL_MODEL_PARAMS else available_cores()
+
+
+def env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when it names a count, else None."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) >= 1 else None
 
 
 def is_tunable(requested: int | None, model_params: int) -> bool:
     """Whether the count is the tuner's to choose: nothing asked for, a small model, several cores."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    asked = requested is not None or (env.isdigit() and int(env) >= 1)
+    asked = requested is not None or env_threads() is not None
     return not asked and model_params < SMALL_MODEL_PARAMS and available_cores() > 1
 
 
@@ -56,19 +61,23 @@ class ThreadTuner:
     """Picks the faster of ``candidates`` thread counts from chunk timings, and keeps checking.
 
     Call :meth:`next` before a chunk (the count to run it with) and :meth:`record` after it.
-    Chunk 0 (one-time costs) is not timed; chunks 1-4 alternate the first two counts; afterwards
+    Chunk 0 (one-time costs) is not timed; chunks 1-4 time the first two counts as a, b, b, a
+    (chunks grow dearer while the cache fills: neither count gets only the later ones); afterwards
     the fastest by its latest timings runs, and every ``probe_every`` chunks each other count runs
-    once to refresh its timing. Timings are smoothed (half the new, half the old).
+    once. A count's timing is smoothed over the chunks it runs in a row (half the new, half the
+    old) and replaced by a probe's, so a machine that changed moves it at the next probe.
     """
 
     def __init__(self, candidates: tuple[int, ...], probe_every: int = PROBE_EVERY):
         if len(candidates) < 2 or any(c < 1 for c in candidates):
             raise ValueError(f"a tuner needs two or more positive thread counts, got {candidates}")
+        if probe_every < max(5, len(candidates)):
+            raise ValueError(f"probe_every must leave room for the warm-up and the probes (>= 5), got {probe_every}")
         self.candidates, self.probe_every = tuple(candidates), probe_every
         self.seconds: dict[int, float] = {}
         self.chunks = 0
         self.used: dict[int, int] = {}
-        self._current = candidates[0]
+        self._current = self._previous = candidates[0]
 
     def best(self) -> int:
         return min(self.seconds, key=self.seconds.get) if self.seconds else self.candidates[0]
@@ -78,7 +87,7 @@ class ThreadTuner:
         if k == 0:
             self._current = c[0]
         elif k <= 4:
-            self._current = c[(k - 1) % 2]
+            self._current = (c[0], c[1], c[1], c[0])[k - 1]
         elif k % self.probe_every < len(c) - 1:  # one chunk for each count not in use
             others = [t for t in c if t != self.best()]
             self._current = others[k % self.probe_every]
@@ -90,7 +99,9 @@ class ThreadTuner:
     def record(self, seconds: float) -> None:
         if self.chunks > 0:
             old = self.seconds.get(self._current)
-            self.seconds[self._current] = seconds if old is None else 0.5 * (old + seconds)
+            in_a_row = old is not None and self._current == self._previous
+            self.seconds[self._current] = 0.5 * (old + seconds) if in_a_row else seconds
+        self._previous = self._current
         self.chunks += 1
 
 

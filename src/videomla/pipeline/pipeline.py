@@ -449,6 +449,7 @@ class Pipeline:
         )
         generator = generator or torch.Generator(self.device).manual_seed(request.seed)
         tuner = None if self.tune_threads is None or cuda else ThreadTuner(self.tune_threads)
+        threads_before = torch.get_num_threads()  # the caller's, between chunks and after the stream
         follower = self.shard is not None and self.shard.rank != 0  # rank 0 decodes and writes
         if follower:
             request = dataclasses.replace(request, out=None, output="latent")
@@ -512,6 +513,7 @@ class Pipeline:
                 timer.stop()
                 if tuner is not None:
                     tuner.record(timer.seconds())
+                    torch.set_num_threads(threads_before)
                 if given is not None:  # the given frames were decoded with the context: not again
                     x0, given = x0[:, :, given.shape[2] :], None
                 job = queue.submit(x0) if queue is not None else DecodedChunk(None, torch.isfinite(x0).all())
@@ -538,7 +540,7 @@ class Pipeline:
             if tuner is not None:  # the count most chunks ran with, and how many ran with each
                 summary.run["threads"] = max(tuner.used, key=tuner.used.get, default=torch.get_num_threads())
                 summary.run["thread_chunks"] = {str(t): n for t, n in sorted(tuner.used.items())}
-                torch.set_num_threads(tuner.candidates[0])
+                torch.set_num_threads(threads_before)
             bar.close()
             if writer is not None:
                 writer.close()

@@ -63,6 +63,11 @@ class TextSpec:
     max_tokens: int | None = None  # None: 16 for hash, 512 for umt5 (Wan's text length)
     context: int | None = None  # hash: words of context on each side (None: 0, plain word vectors)
 
+    def __post_init__(self) -> None:
+        c = self.context
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 0):
+            raise ValueError(f"text_encoder context must be a whole number of words >= 0, got {c!r}")
+
 
 @dataclass(frozen=True)
 class VideoSpec:
@@ -164,4 +169,7 @@ def _typed_section(kind: type, data: Any, name: str, keys: dict[str, tuple[str, 
     extra = sorted(set(data) - {"type", *keys[data["type"]]})
     if extra:
         raise ValueError(f"checkpoint metadata {name!r} of type {data['type']!r} has unknown keys {extra}")
-    return kind(**data)
+    try:
+        return kind(**data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint metadata {name!r}: {err}") from err

@@ -132,8 +132,9 @@ class TeacherSection:
 class ScheduleSection:
     """The sampler: the distilled stages train for it; every export records it.
 
-    ``solver`` None: a stage-1 (teacher-forcing) export records the flow-matching ODE
-    (:data:`TEACHER_SAMPLER`), a distilled one ``renoise`` over ``steps``.
+    ``solver`` None: a stage-1 (teacher-forcing) export records the flow-matching ODE over
+    ``steps`` (over :data:`TEACHER_SAMPLER`'s 16 steps when ``steps`` is left at the default), a
+    distilled one ``renoise`` over ``steps``: the only sampler their self-rollouts train for.
     """
 
     shift: float = DEFAULT_SHIFT
@@ -148,8 +149,9 @@ class ScheduleSection:
 
     def sampler(self, stage: str) -> SamplingSchedule:
         """What an export of ``stage`` is sampled with."""
-        if stage == "teacher_forcing" and self.solver is None:
-            return SamplingSchedule(TEACHER_SAMPLER.steps, self.shift, TEACHER_SAMPLER.solver)
+        if stage == "teacher_forcing":
+            steps = TEACHER_SAMPLER.steps if tuple(self.steps) == FOUR_STEPS else tuple(self.steps)
+            return SamplingSchedule(steps, self.shift, self.solver or TEACHER_SAMPLER.solver)
         return SamplingSchedule(tuple(self.steps), self.shift, self.solver or "renoise")
 
 
@@ -335,6 +337,11 @@ class TrainConfig:
             raise ValueError(
                 f"data.num_frames {self.data.num_frames} is not a multiple of "
                 f"stream.frames_per_chunk {self.stream.frames_per_chunk}"
+            )
+        if self.stage != "teacher_forcing" and self.schedule.solver not in (None, "renoise"):
+            raise ValueError(
+                f"schedule.solver {self.schedule.solver!r}: stage {self.stage!r} trains for the re-noising "
+                "sampler (its self-rollouts), so its export is sampled that way; leave schedule.solver unset"
             )
         if self.stage == "consistency" and self.consistency.ode_steps % len(self.schedule.steps):
             raise ValueError(

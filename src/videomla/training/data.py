@@ -158,7 +158,7 @@ class WorldSource:
                 f"the pixel codec with stride {self.codec.spatial_stride} makes {self.codec.latent_channels}-channel "
                 f"latents; the model takes {cfg.in_channels} (the 'world' preset takes 48: stride 4)"
             )
-        self.text = HashTextEncoder(cfg.text_dim, int(own.get("max_tokens", 16)), int(own.get("text_context", 0)))
+        self.text = HashTextEncoder(cfg.text_dim, int(own.get("max_tokens", 16)), own.get("text_context", 0))
         latent = spec.size // self.codec.spatial_stride
         if spec.size % self.codec.spatial_stride or latent % cfg.patch_size[1] or latent % cfg.patch_size[2]:
             raise ValueError(
