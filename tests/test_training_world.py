@@ -160,6 +160,17 @@ def test_consistency_stage_logs_its_own_heldout_loss(world_model: Path, tmp_path
     assert math.isfinite(row["heldout_cd_loss"]) and row["heldout_cd_loss"] > 0
 
 
+def test_a_teacher_must_read_the_runs_text_features(world_model: Path, tmp_path: Path) -> None:
+    teacher_run = world_config(world_model, steps=1, data={"world": {**WORLD, "text_context": 1}})
+    train(config_from_dict(teacher_run), tmp_path / "tf")  # its export records context 1
+    cd = world_config(world_model, stage="consistency", steps=1, teacher={"checkpoint": str(tmp_path / "tf")},
+                      consistency={"ode_steps": 8})  # fmt: skip
+    with pytest.raises(ValueError, match=r"context 1.*context 0"):
+        train(config_from_dict(cd), tmp_path / "cd")
+    with pytest.warns(UserWarning, match="starting checkpoint"):  # a warm start may change the encoder
+        train(config_from_dict(world_config(tmp_path / "tf", steps=1)), tmp_path / "tf0")
+
+
 def test_latent_folder_runs_take_their_heldout_clips_from_heldout_path(tmp_path: Path) -> None:
     from test_training import run_config, write_clips
 

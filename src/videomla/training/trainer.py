@@ -88,6 +88,8 @@ class Trainer:
 
         self._generator, conversion = build_trained_model(cfg.model, cfg.seed)
         self.source = build_source(cfg.data, self._generator.config, cfg.stream, cfg.seed)
+        if cfg.model.checkpoint is not None:
+            self._check_text_features(cfg.model.checkpoint, "starting checkpoint")
         self.device_data = self._renders_on_device()
         self._loader = ThreadPoolExecutor(max_workers=cfg.data.workers) if cfg.data.workers > 1 else _Serial()
         self.text_len = cfg.data.text_len or self.source[0].context.shape[0]
@@ -185,6 +187,7 @@ class Trainer:
             assert cfg.teacher.checkpoint is not None
             teacher = load_frozen(cfg.teacher.checkpoint, cfg.teacher.which, self.compute_dtype).to(self.device)
             self._check_compatible(teacher, "teacher")
+            self._check_text_features(cfg.teacher.checkpoint, "teacher")
         if cfg.stage == "dmd":
             assert teacher is not None
             critic = trainable_copy(teacher if cfg.dmd.critic_init == "teacher" else generator).to(self.device)
@@ -213,6 +216,29 @@ class Trainer:
                 f"the {name} takes (in, out channels, text_dim, patch) = {io(other.config)}, "
                 f"the trained model {io(self._generator.config)}"
             )
+
+    def _check_text_features(self, checkpoint: str, name: str) -> None:
+        """World runs: a checkpoint's hash text features against this run's. A frozen teacher must
+        read the same features (else it is prompted with noise); a starting point may differ (a run
+        that changes the encoder, as the context ablation did), with a warning."""
+        if not isinstance(self.source, WorldSource):
+            return
+        from ..checkpoint import load_metadata, resolve_checkpoint
+
+        metadata = load_metadata(resolve_checkpoint(checkpoint))
+        if "text_encoder" not in metadata:  # weights without generation metadata: nothing to compare
+            return
+        theirs, mine = GenerationSpec.from_dict(metadata).text_encoder, self.source.text
+        layout = (theirs.max_tokens or 16, theirs.context or 0)
+        if theirs.type != "hash" or layout != (mine.max_tokens, mine.context):
+            text = (
+                f"the {name} {checkpoint} reads {theirs.type} text features (max_tokens {theirs.max_tokens}, "
+                f"context {theirs.context or 0}); this run makes hash features with max_tokens {mine.max_tokens}, "
+                f"context {mine.context} (data.world.max_tokens / text_context)"
+            )
+            if name == "teacher":
+                raise ValueError(text)
+            warnings.warn(text, stacklevel=2)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.compute_dtype == torch.float32:
