@@ -173,8 +173,8 @@ MUTANTS = [
     (
         "euler step sign",
         "engine/engine.py",
-        "state = state + float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity.float()",
-        "state = state - float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity.float()",
+        "state = state + float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity",
+        "state = state - float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity",
         "tests/test_sampler.py",
     ),
     (

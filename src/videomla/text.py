@@ -32,13 +32,18 @@ class TextEncoder(Protocol):
         """Prompts -> features [B, max_tokens, text_dim], zero past each prompt's tokens."""
 
 
+def check_context(context: object) -> int:
+    """A hash encoder's ``context``: a whole number of neighbouring words on each side, >= 0."""
+    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
+        raise ValueError(f"text_encoder context must be a whole number of words >= 0, got {context!r}")
+    return context
+
+
 class HashTextEncoder:
     def __init__(self, text_dim: int, max_tokens: int = 16, context: int = 0):
-        if not isinstance(context, int) or isinstance(context, bool) or context < 0:
-            raise ValueError(f"context is a number of neighbouring words on each side (>= 0), got {context}")
         self.text_dim = text_dim
         self.max_tokens = max_tokens
-        self.context = context
+        self.context = check_context(context)
 
     @staticmethod
     def words(prompt: str) -> list[str]:

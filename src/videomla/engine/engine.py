@@ -207,24 +207,21 @@ class StreamEngine:
         steps, euler = self.timesteps, self.schedule.solver == "euler"
         with self._kernels(), torch.no_grad():
             x = self._noise(generator)
-            state = x.float() if euler else x  # Euler carries x from step to step: float32, not the model's bf16
+            state = x.float() if euler else x  # x in working precision: Euler carries it in float32, not bf16
             for i, t in enumerate(steps):
                 if k:
                     x[:, :, :k] = given
                     state[:, :, :k] = given
                 velocity = forward(x, self._timestep(t, k), text, self.cache)
-                x0 = (
-                    to_x0(state, velocity.float(), sigma_of(t)).to(x.dtype)
-                    if euler
-                    else to_x0(x, velocity, sigma_of(t))
-                )
+                velocity = velocity.to(state.dtype)
+                x0 = to_x0(state, velocity, sigma_of(t)).to(x.dtype)
                 if k:
                     x0[:, :, :k] = given
                 if i + 1 < len(steps) and euler:
-                    state = state + float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity.float()
+                    state = state + float(sigma_of(steps[i + 1]) - sigma_of(t)) * velocity
                     x = state.to(x.dtype)
                 elif i + 1 < len(steps):
-                    x = add_noise(x0, self._noise(generator), sigma_of(steps[i + 1]))
+                    x = state = add_noise(x0, self._noise(generator), sigma_of(steps[i + 1]))
             forward(x0, self._timestep(0.0), text, self.cache, write=True)
         if self.keep_history:
             self.history = self.history or LatentHistory(self.stream.cached_frames, x0)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ..config import STREAM_PRESETS, StreamConfig
 from ..schedule import SamplingSchedule
+from ..text import check_context
 
 # Wan2.1's VAE: latent frame 0 decodes to 1 video frame, every later one to 4.
 WAN_TEMPORAL_STRIDE = 4
@@ -64,9 +65,8 @@ class TextSpec:
     context: int | None = None  # hash: words of context on each side (None: 0, plain word vectors)
 
     def __post_init__(self) -> None:
-        c = self.context
-        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 0):
-            raise ValueError(f"text_encoder context must be a whole number of words >= 0, got {c!r}")
+        if self.context is not None:
+            check_context(self.context)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class Trainer:
         self._generator, conversion = build_trained_model(cfg.model, cfg.seed)
         self.source = build_source(cfg.data, self._generator.config, cfg.stream, cfg.seed)
         if cfg.model.checkpoint is not None:
-            self._check_text_features(cfg.model.checkpoint, "starting checkpoint")
+            self._check_text_features(cfg.model.checkpoint, "starting checkpoint", strict=False)
         self.device_data = self._renders_on_device()
         self._loader = ThreadPoolExecutor(max_workers=cfg.data.workers) if cfg.data.workers > 1 else _Serial()
         self.text_len = cfg.data.text_len or self.source[0].context.shape[0]
@@ -187,7 +187,7 @@ class Trainer:
             assert cfg.teacher.checkpoint is not None
             teacher = load_frozen(cfg.teacher.checkpoint, cfg.teacher.which, self.compute_dtype).to(self.device)
             self._check_compatible(teacher, "teacher")
-            self._check_text_features(cfg.teacher.checkpoint, "teacher")
+            self._check_text_features(cfg.teacher.checkpoint, "teacher", strict=True)
         if cfg.stage == "dmd":
             assert teacher is not None
             critic = trainable_copy(teacher if cfg.dmd.critic_init == "teacher" else generator).to(self.device)
@@ -217,28 +217,33 @@ class Trainer:
                 f"the trained model {io(self._generator.config)}"
             )
 
-    def _check_text_features(self, checkpoint: str, name: str) -> None:
+    def _check_text_features(self, checkpoint: str, name: str, strict: bool) -> None:
         """World runs: a checkpoint's hash text features against this run's. A frozen teacher must
-        read the same features (else it is prompted with noise); a starting point may differ (a run
-        that changes the encoder, as the context ablation did), with a warning."""
+        read the same features (``strict``: else it is prompted with noise); a starting point may
+        differ (a run that changes the encoder, as the context ablation did), with a warning."""
         if not isinstance(self.source, WorldSource):
             return
         from ..checkpoint import load_metadata, resolve_checkpoint
+        from ..pipeline.pipeline import build_text_encoder
 
         metadata = load_metadata(resolve_checkpoint(checkpoint))
         if "text_encoder" not in metadata:  # weights without generation metadata: nothing to compare
             return
         theirs, mine = GenerationSpec.from_dict(metadata).text_encoder, self.source.text
-        layout = (theirs.max_tokens or 16, theirs.context or 0)
-        if theirs.type != "hash" or layout != (mine.max_tokens, mine.context):
-            text = (
-                f"the {name} {checkpoint} reads {theirs.type} text features (max_tokens {theirs.max_tokens}, "
-                f"context {theirs.context or 0}); this run makes hash features with max_tokens {mine.max_tokens}, "
-                f"context {mine.context} (data.world.max_tokens / text_context)"
-            )
-            if name == "teacher":
-                raise ValueError(text)
-            warnings.warn(text, stacklevel=2)
+        if theirs.type == "hash":  # the encoder the checkpoint would be prompted with, defaults applied
+            encoder = build_text_encoder(theirs, mine.text_dim, torch.device("cpu"), torch.float32)
+            if (encoder.max_tokens, encoder.context) == (mine.max_tokens, mine.context):
+                return
+            theirs_text = f"hash text features (max_tokens {encoder.max_tokens}, context {encoder.context})"
+        else:
+            theirs_text = f"{theirs.type} text features"
+        text = (
+            f"the {name} {checkpoint} reads {theirs_text}; this run makes hash features with max_tokens "
+            f"{mine.max_tokens}, context {mine.context} (data.world.max_tokens / text_context)"
+        )
+        if strict:
+            raise ValueError(text)
+        warnings.warn(text, stacklevel=2)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.compute_dtype == torch.float32:
