@@ -5,6 +5,8 @@
 # brought back: metrics.csv, config.yaml and the newest exported model as bf16 under $OUT/model.
 # BENCH="b64-inductor ..." first times those scripts/train_throughput.py cases (10 steps each);
 # SETS="--set key=value ..." adds config overrides (e.g. where the weights to start from lie).
+# BASELINE=DIR: an older src/ the BENCH's before-* cases run on. SCORE=1: after the export, score it
+# (scripts/score_teacher.py on the device: 16 held-out prompts x 2 noise seeds, 8 and 16 Euler steps).
 # Needs .carry/src (`git archive HEAD src | tar -x -C .carry`) and .carry/COMMIT (its hash).
 set -o pipefail
 export PYTHONPATH=.carry/src PYTHONUNBUFFERED=1 VIDEOMLA_COMMIT=$(cat .carry/COMMIT 2>/dev/null)
@@ -24,14 +26,22 @@ save_model(load_model(src, dtype=torch.bfloat16), Path(sys.argv[2]), meta)
 print("exported", src, "as bf16 to", sys.argv[2])
 PY
 }
-trap pack EXIT
+PACKED=
+trap '[ -z "$PACKED" ] && pack' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a $OUT/log
 echo "commit $VIDEOMLA_COMMIT; CONFIG=$CONFIG RUN=$RUN TOTAL=$TOTAL UNTIL=$UNTIL SETS=$SETS" | tee -a $OUT/log
 if [ -n "$BENCH" ]; then
-  timeout 150 python3 scripts/train_throughput.py --out $OUT/tp --cases $BENCH --steps 10 --warmup 3 2>&1 | tee -a $OUT/log
+  timeout ${BENCH_LIMIT:-150} python3 scripts/train_throughput.py --out $OUT/tp --cases $BENCH --steps 10 --warmup 3 \
+    ${BASELINE:+--baseline-src $BASELINE} 2>&1 | tee -a $OUT/log
 fi
 RESUME=$(ls -d $RUN/checkpoints/step_* >/dev/null 2>&1 && echo --resume)
 ELAPSED=$(( $(date +%s) - START ))
-timeout $(( LIMIT - ELAPSED - 30 )) python3 -m videomla train $CONFIG --out $RUN --device cuda $RESUME \
+RESERVE=$([ -n "$SCORE" ] && echo 80 || echo 30)  # seconds kept for the export (and the scoring)
+timeout $(( LIMIT - ELAPSED - RESERVE )) python3 -m videomla train $CONFIG --out $RUN --device cuda $RESUME \
   --set steps=$UNTIL --set optim.total_steps=$TOTAL $SETS 2>&1 | grep -v "it/s\]" | tee -a $OUT/log
 echo "train exit $? after $(( $(date +%s) - START )) s" | tee -a $OUT/log
+pack; PACKED=1
+if [ -n "$SCORE" ]; then
+  timeout $(( LIMIT - $(date +%s) + START )) python3 scripts/score_teacher.py $OUT/model --out $OUT/scores.json \
+    --steps 8 16 --horizons 1x --solver euler --device cuda 2>&1 | tail -25 | tee -a $OUT/log
+fi

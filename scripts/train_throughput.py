@@ -29,6 +29,7 @@ from videomla.tables import render_table
 
 HORIZON = 21
 STREAM = {"frames_per_chunk": 3, "sink_frames": 1, "window_frames": 6, "rope_mode": "window-relative"}
+FINE_START = "docs/reproduction/world-teacher-5-model"
 WORLD = {"num_clips": 1_000_000, "spatial_stride": 4, "offset": -0.76, "scale": 2.9, "seed": 0}
 
 # name: (batch, config overrides); "before" runs only with --baseline-src (the old trainer's keys)
@@ -42,6 +43,13 @@ CASES: dict[str, tuple[int, dict]] = {
     "b64-inductor": (64, {"kernels": {"backend": "inductor"}}),
     "b64-inductor-cudnn": (64, {"kernels": {"backend": "inductor", "cudnn_first": True}}),
     "b128-inductor": (128, {"kernels": {"backend": "inductor"}}),
+    # with --baseline-src: the same case on the older code (before the block mask of 2026-12-02)
+    "before-b64-inductor": (64, {"kernels": {"backend": "inductor"}}),
+    # teacher 5 on the finer token grid (256 tokens per frame instead of 64), as world-teacher-6 trains it
+    "b64-fine-inductor": (
+        64,
+        {"kernels": {"backend": "inductor"}, "model": {"checkpoint": FINE_START, "patch_size": [1, 1, 1]}},
+    ),
 }
 
 
@@ -182,7 +190,8 @@ def renderer_agreement(device: torch.device, clips: int = 64, seed: int = 202612
 
 def markdown(result: dict) -> str:
     rows = result["cases"]
-    base = rows.get("before-b16", {}).get("clips_per_s")
+    before = [r for name, r in rows.items() if name.startswith("before") and "clips_per_s" in r]
+    base = before[0]["clips_per_s"] if before else None
     lines = [
         "# Training throughput: world teacher, stage 1 (teacher forcing)",
         "",
@@ -229,7 +238,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cases", nargs="*", default=[c for c in CASES if c != "before-b16"])
+    ap.add_argument("--cases", nargs="*", default=[c for c in CASES if not c.startswith("before")])
     ap.add_argument("--baseline-src", help="an older checkout's src/ to time as 'before' (subprocess)")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
@@ -261,13 +270,14 @@ def main() -> None:
         (out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "throughput.md").write_text(markdown(result))
 
-    names = (["before-b16"] if args.baseline_src else []) + list(args.cases)
+    own_before = any(c.startswith("before") for c in args.cases)
+    names = (["before-b16"] if args.baseline_src and not own_before else []) + list(args.cases)
     for name in names:
-        old = name == "before-b16"
+        old = name.startswith("before")
         if old or name.startswith("cpu-render"):  # own process: its 8 data threads, the old package
             env = {**os.environ, "PYTHONPATH": args.baseline_src if old else os.environ.get("PYTHONPATH", "")}
             cmd = [sys.executable, __file__, "--out", str(out), "--one", name, "--steps", str(args.steps)]
-            cmd += ["--warmup", str(args.warmup)] + (["--old"] if old else [])
+            cmd += ["--warmup", str(args.warmup)] + (["--old"] if name == "before-b16" else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             r = json.loads(found[-1][7:]) if found else {"error": (done.stderr or done.stdout)[-400:]}

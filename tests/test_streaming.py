@@ -59,6 +59,47 @@ def test_cached_chunks_equal_masked_forward(seed, attention, rope_mode, sink, wi
     assert sorted(kept) == list(range(min(sink, frames))) + list(range(frames - window, frames))
 
 
+@pytest.mark.parametrize("attention", ["dense", "mla"])
+@pytest.mark.parametrize("rope_mode", ["absolute", "window-relative"])
+@pytest.mark.parametrize(("sink", "window"), WINDOWS)
+@pytest.mark.parametrize("teacher_forcing", [False, True])
+def test_block_mask_equals_dense_mask(seed, attention, rope_mode, sink, window, teacher_forcing):
+    """The training forward's block mask (each chunk against its own keys) equals one dense
+    boolean mask through SDPA: outputs and gradients, for clips and teacher forcing."""
+    cfg = preset("tiny").with_mla() if attention == "mla" else preset("tiny")
+    model = tiny_model(cfg)
+    stream = StreamConfig(frames_per_chunk=3, sink_frames=sink, window_frames=window, rope_mode=rope_mode)
+    frames = 2 * 12 if teacher_forcing else 13  # 13: a last, partial chunk
+    x = torch.randn(2, 4, frames, 4, 6)
+    t = torch.rand(2, frames) * 1000
+    context = torch.randn(2, 5, 32)
+    outs, grads = [], []
+    for dense_mask in (True, False):
+        model.zero_grad()
+        out = model(x, t, context, stream=stream, teacher_forcing=teacher_forcing, dense_mask=dense_mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert rel_err(outs[1], outs[0]) < 1e-5
+    assert rel_err(grads[1], grads[0]) < 1e-5
+
+
+def test_block_mask_runs_cover_the_dense_mask():
+    """The runs of a teacher-forcing layout reproduce its token mask exactly, one run per chunk
+    and copy, and keys that are not contiguous are gathered."""
+    from videomla.attention.common import BlockMask
+    from videomla.window import teacher_forcing_layout
+
+    stream = StreamConfig(frames_per_chunk=3, sink_frames=1, window_frames=6, rope_mode="window-relative")
+    layout = teacher_forcing_layout(21, stream)
+    blocks = BlockMask.from_frames(layout.mask, 5)
+    assert torch.equal(blocks.dense(), layout.token_mask(5))
+    assert len(blocks.runs) == 14
+    assert any(not isinstance(keys, slice) for _, _, keys in blocks.runs)
+    with pytest.raises(ValueError, match="sees no key frame"):
+        BlockMask.from_frames(torch.zeros(3, 3, dtype=torch.bool), 2)
+
+
 def test_window_relative_differs_from_absolute_after_eviction(seed):
     """The two RoPE modes are different models once frames are evicted (a test that can fail)."""
     model = tiny_model()

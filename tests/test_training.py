@@ -451,6 +451,17 @@ def test_mla_conversion_of_a_dense_checkpoint_trains_and_exports(workspace: dict
     assert exported.config.mla_layers == (1,) and len(exported.mla_layers()) == 1
 
 
+def test_a_checkpoint_refined_to_a_finer_grid_trains_and_exports(workspace: dict, tmp_path: Path) -> None:
+    model = {"checkpoint": str(workspace["teacher"]), "patch_size": [1, 1, 1]}
+    cfg = run_config("teacher_forcing", workspace["data"], steps=1, model=model)
+    train(config_from_dict(cfg), tmp_path / "run")
+    exported = load_model(resolve_checkpoint(tmp_path / "run"))
+    assert exported.config.patch_size == (1, 1, 1)
+    with pytest.raises(ValueError, match="refines a checkpoint"):
+        fine_preset = {"preset": "tiny", "patch_size": [1, 1, 1]}
+        config_from_dict(run_config("teacher_forcing", workspace["data"], steps=1, model=fine_preset))
+
+
 def test_bundled_configs_resolve_by_name(capsys) -> None:
     """The configs ship in the package: `videomla train world-1-teacher-forcing` works after pip install."""
     from videomla.cli import main

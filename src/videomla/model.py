@@ -191,6 +191,7 @@ class CausalWanModel(nn.Module):
         stream: StreamConfig | None = None,
         teacher_forcing: bool = False,
         mla_path: MLAPath = "auto",
+        dense_mask: bool = False,
     ) -> torch.Tensor:
         """Velocity for a whole clip x [B, C, F, H, W].
 
@@ -199,9 +200,13 @@ class CausalWanModel(nn.Module):
         with a cache computes chunk by chunk. ``teacher_forcing``: x is ``[clean ; noisy]``
         along frames and each noisy chunk attends to the clean past (training). ``mla_path``: how
         MLA layers attend ("auto" = materialised for a clip; "naive" is the reference).
+        ``dense_mask``: the reference mask, one boolean [Nq, Nk] tensor through SDPA, instead of
+        a :class:`~videomla.attention.common.BlockMask` (each chunk against its own keys).
         """
         f, h, w = self.token_grid(*x.shape[2:])
-        ctx = AttentionContext.for_clip(f, h, w, stream, x.device, teacher_forcing=teacher_forcing, mla_path=mla_path)
+        ctx = AttentionContext.for_clip(
+            f, h, w, stream, x.device, teacher_forcing=teacher_forcing, mla_path=mla_path, dense_mask=dense_mask
+        )
         return self._run(x, timestep, self.embed_text(context), ctx, None)
 
     def forward_chunk(

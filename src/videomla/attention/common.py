@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -133,15 +134,69 @@ def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return torch.softmax((q * scale) @ k.transpose(-1, -2), dim=-1) @ v
 
 
+@dataclass(frozen=True, eq=False)
+class BlockMask:
+    """A clip's chunk-causal mask as runs of query tokens, each with the key tokens it sees.
+
+    The mask of a clip is block-structured (whole frames see whole frames), and rows of one chunk
+    are identical; so instead of one [Nq, Nk] boolean mask, which sends SDPA to a kernel that
+    computes every score and then discards three quarters of them, each run of identical rows
+    attends, unmasked, to its own keys (a slice when they are contiguous, else gathered): the
+    flash kernels run and only the needed scores are computed. Equal to the dense mask up to float
+    summation order (softmax does not care about key order).
+    """
+
+    runs: tuple[tuple[int, int, slice | torch.Tensor], ...]  # (first query, end query, keys)
+    shape: tuple[int, int]  # (Nq, Nk) of the equivalent dense mask
+
+    @classmethod
+    def from_frames(cls, frame_mask: torch.Tensor, tokens_per_frame: int) -> BlockMask:
+        """From a frame-level mask [Fq, Fk] (query frame i sees key frame j)."""
+        t = tokens_per_frame
+        rows = frame_mask.cpu()
+        runs: list[tuple[int, int, slice | torch.Tensor]] = []
+        start = 0
+        for i in range(1, rows.shape[0] + 1):
+            if i < rows.shape[0] and torch.equal(rows[i], rows[start]):
+                continue
+            cols = rows[start].nonzero().flatten()
+            if cols.numel() == 0:
+                raise ValueError(f"query frame {start} sees no key frame: the mask is malformed")
+            if int(cols[-1] - cols[0]) + 1 == cols.numel():  # contiguous frames
+                keys: slice | torch.Tensor = slice(int(cols[0]) * t, (int(cols[-1]) + 1) * t)
+            else:
+                keys = (cols[:, None] * t + torch.arange(t)).flatten().to(frame_mask.device)
+            runs.append((start * t, i * t, keys))
+            start = i
+        return cls(tuple(runs), (rows.shape[0] * t, rows.shape[1] * t))
+
+    def dense(self) -> torch.Tensor:
+        """The equivalent [Nq, Nk] boolean mask (for tests and the reference path)."""
+        out = torch.zeros(self.shape, dtype=torch.bool)
+        for a, b, keys in self.runs:
+            out[a:b, keys if isinstance(keys, slice) else keys.cpu()] = True
+        return out
+
+
+def _take(x: torch.Tensor, keys: slice | torch.Tensor) -> torch.Tensor:
+    return x[:, keys] if isinstance(keys, slice) else x.index_select(1, keys)
+
+
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | BlockMask | None = None
 ) -> torch.Tensor:
     """Softmax attention on [B, N, H, D] tensors (k/v may have one head: multi-query).
 
     The scale is always passed explicitly: MLA's q/k width differs from its head size.
     Multi-query attention without a mask folds the heads into the query axis (one key head,
     N*H queries): the same numbers, with no stride-0 head expansion for the kernel to refuse.
+    A :class:`BlockMask` runs each of its query runs unmasked against that run's keys.
     """
+    if isinstance(mask, BlockMask):
+        if (q.shape[1], k.shape[1]) != mask.shape:
+            raise ValueError(f"block mask is for {mask.shape} queries x keys, got {q.shape[1]} x {k.shape[1]}")
+        outs = [attend(q[:, a:b], _take(k, keys), _take(v, keys), scale) for a, b, keys in mask.runs]
+        return torch.cat(outs, dim=1)
     if k.shape[2] == 1 and q.shape[2] > 1 and mask is None:
         b, n, h, _ = q.shape
         q1, k1, v1 = q.reshape(b, 1, n * h, -1), k.transpose(1, 2), v.transpose(1, 2)

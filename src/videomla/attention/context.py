@@ -17,7 +17,7 @@ from ..config import StreamConfig
 from ..parallel import TokenShard
 from ..rope import Rotary3D
 from ..window import clip_layout, teacher_forcing_layout
-from .common import fast_enabled
+from .common import BlockMask, fast_enabled
 
 _CLIP_CONTEXTS: dict[tuple, AttentionContext] = {}
 
@@ -40,7 +40,7 @@ class AttentionContext:
     key_frame_positions: torch.Tensor  # [Fk] temporal position of each key frame
     height: int  # token grid of a frame
     width: int
-    mask: torch.Tensor | None = None  # [Nq, Nk] bool, clip mode only
+    mask: BlockMask | torch.Tensor | None = None  # clip mode only; a tensor is [Nq, Nk] bool
     key_sources: torch.Tensor | None = None  # clip mode: frame each key frame copies (None = identity)
     stage_slot: int | None = None  # stream mode: first cache slot of the current chunk
     active_tokens: int | None = None  # stream mode: keys = cache prefix of this many tokens
@@ -67,23 +67,28 @@ class AttentionContext:
         device: torch.device,
         teacher_forcing: bool = False,
         mla_path: MLAPath = "auto",
+        dense_mask: bool = False,
     ) -> AttentionContext:
         """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention.
 
         ``teacher_forcing``: the frames are ``[clean clip ; noisy clip]`` (see
-        :func:`~videomla.window.teacher_forcing_layout`). Memoised per shape and device: every
-        training step reuses the layout, mask and RoPE tables (no host work or upload per forward).
+        :func:`~videomla.window.teacher_forcing_layout`). The mask is a :class:`BlockMask` (each
+        chunk attends to its own keys, unmasked); ``dense_mask=True`` is the reference, one boolean
+        [Nq, Nk] mask through SDPA. Memoised per shape and device: every training step reuses the
+        layout, mask and RoPE tables (no host work or upload per forward).
         """
-        key = (num_frames, height, width, stream, str(device), teacher_forcing, check_mla_path(mla_path))
+        key = (num_frames, height, width, stream, str(device), teacher_forcing, check_mla_path(mla_path), dense_mask)
         ctx = _CLIP_CONTEXTS.get(key)
         if ctx is None:
             if len(_CLIP_CONTEXTS) >= 64:
                 _CLIP_CONTEXTS.clear()
-            ctx = _CLIP_CONTEXTS[key] = cls._build_clip(*key[:3], stream, device, teacher_forcing, mla_path)
+            ctx = _CLIP_CONTEXTS[key] = cls._build_clip(*key[:3], stream, device, teacher_forcing, mla_path, dense_mask)
         return ctx
 
     @classmethod
-    def _build_clip(cls, num_frames, height, width, stream, device, teacher_forcing, mla_path) -> AttentionContext:
+    def _build_clip(
+        cls, num_frames, height, width, stream, device, teacher_forcing, mla_path, dense_mask
+    ) -> AttentionContext:
         if teacher_forcing:
             if stream is None or num_frames % 2:
                 raise ValueError(
@@ -94,7 +99,12 @@ class AttentionContext:
         else:
             layout = clip_layout(num_frames, stream, device)
         identity = layout.num_extra == 0
-        mask = None if stream is None else layout.token_mask(height * width)
+        if stream is None:
+            mask = None
+        elif dense_mask:
+            mask = layout.token_mask(height * width)
+        else:
+            mask = BlockMask.from_frames(layout.mask, height * width)
         return cls(
             query_frame_positions=layout.query_positions,
             key_frame_positions=layout.key_positions,

@@ -32,7 +32,7 @@ from torch import nn
 from ..cache import CacheSpec, LayerCache, TensorSpec
 from ..config import MLAConfig
 from ..rope import Rotary3D
-from .common import RMSNorm, attend, fusable, rope
+from .common import BlockMask, RMSNorm, attend, fusable, rope
 from .context import AttentionContext, MLAPath
 
 FP8 = torch.float8_e4m3fn
@@ -174,7 +174,7 @@ class MLASelfAttention(nn.Module):
         q_rope: torch.Tensor,
         c: torch.Tensor,
         kr: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | BlockMask | None = None,
     ) -> torch.Tensor:
         """k_h = [W_UK,h c ; k_R], v_h = W_UV,h c, q_h = [q_nope ; q_rope]: attend. q_rope/kr rotated."""
         k_nope, v = self.expand_latent(c)  # [B,L,H,dn], [B,L,H,D]
@@ -189,7 +189,7 @@ class MLASelfAttention(nn.Module):
         q_rope: torch.Tensor,
         c: torch.Tensor,
         kr: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | BlockMask | None = None,
     ) -> torch.Tensor:
         """Expand latents to per-head K/V and run SDPA; q_rope/kr already rotated."""
         k, v = self.expand_keys(c, kr)
@@ -203,7 +203,7 @@ class MLASelfAttention(nn.Module):
         q_rope: torch.Tensor,
         c: torch.Tensor,
         kr: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | BlockMask | None = None,
     ) -> torch.Tensor:
         """Multi-query attention over the shared latent: never expands the cache per head."""
         a, b, bias = self.absorbed_weights()

@@ -41,10 +41,13 @@ class ModelSection:
     mla_kv_latent_dim: int | None = None  # d_c (None: the paper's ratio, width / 8)
     mla_q_latent_dim: int | None = None  # d_q (None: width / 2)
     mla_rope_head_dim: int | None = None  # RoPE channels per head (None: head dim / 4); NoPE = the rest
+    patch_size: list[int] | None = None  # a finer token grid than the checkpoint's (videomla.repatch)
 
     def __post_init__(self) -> None:
         if self.preset is None and self.checkpoint is None:
             raise ValueError("set model.preset (random init) or model.checkpoint")
+        if self.patch_size is not None and self.checkpoint is None:
+            raise ValueError("model.patch_size refines a checkpoint's token grid; a preset sets its own patch size")
 
 
 @dataclass

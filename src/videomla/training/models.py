@@ -25,6 +25,10 @@ def build_trained_model(section: ModelSection, seed: int) -> tuple[CausalWanMode
         from ..checkpoint import load_model
 
         model = load_model(section.checkpoint, preset=section.preset, which=section.which, dtype=torch.float32)
+        if section.patch_size is not None:
+            from ..repatch import refine_patches
+
+            model = refine_patches(model, tuple(section.patch_size))
         if section.mla:
             model, report = convert_section(model, section, seed)
     else:
