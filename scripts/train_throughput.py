@@ -43,12 +43,21 @@ CASES: dict[str, tuple[int, dict]] = {
     "b64-inductor": (64, {"kernels": {"backend": "inductor"}}),
     "b64-inductor-cudnn": (64, {"kernels": {"backend": "inductor", "cudnn_first": True}}),
     "b128-inductor": (128, {"kernels": {"backend": "inductor"}}),
-    # with --baseline-src: the same case on the older code (before the block mask of 2026-12-02)
+    # with --baseline-src: the same case on the older code (before the clip-mask choice of 2026-12-02)
     "before-b64-inductor": (64, {"kernels": {"backend": "inductor"}}),
     # teacher 5 on the finer token grid (256 tokens per frame instead of 64), as world-teacher-6 trains it
     "b64-fine-inductor": (
         64,
         {"kernels": {"backend": "inductor"}, "model": {"checkpoint": FINE_START, "patch_size": [1, 1, 1]}},
+    ),
+    # the chunk-causal mask as per-chunk runs (videomla.attention.context.clip_mask) instead of auto
+    "b64-inductor-blocks": (64, {"kernels": {"backend": "inductor", "clip_mask": "blocks"}}),
+    "b64-fine-inductor-blocks": (
+        64,
+        {
+            "kernels": {"backend": "inductor", "clip_mask": "blocks"},
+            "model": {"checkpoint": FINE_START, "patch_size": [1, 1, 1]},
+        },
     ),
 }
 

@@ -100,6 +100,28 @@ def test_block_mask_runs_cover_the_dense_mask():
         BlockMask.from_frames(torch.zeros(3, 3, dtype=torch.bool), 2)
 
 
+def test_clip_mask_kind_is_chosen_by_size_or_by_the_caller(monkeypatch):
+    from videomla.attention import context
+    from videomla.attention.common import BlockMask
+
+    stream = StreamConfig(frames_per_chunk=3, sink_frames=1, window_frames=6)
+
+    def mask(**kw):
+        return context.AttentionContext.for_clip(12, 4, 6, stream, torch.device("cpu"), **kw).mask
+
+    assert isinstance(mask(), torch.Tensor)  # small: the dense mask
+    monkeypatch.setattr(context, "BLOCK_MASK_BYTES", (12 * 24) ** 2 - 1)
+    assert isinstance(mask(), BlockMask)  # past the size: blocks
+    with context.clip_mask("dense"):
+        assert isinstance(mask(), torch.Tensor)
+    monkeypatch.setattr(context, "BLOCK_MASK_BYTES", 1 << 40)
+    with context.clip_mask("blocks"):
+        assert isinstance(mask(), BlockMask)
+    assert isinstance(mask(dense_mask=False), BlockMask) and isinstance(mask(dense_mask=True), torch.Tensor)
+    with pytest.raises(ValueError, match="clip mask must be one of"), context.clip_mask("sparse"):
+        pass
+
+
 def test_window_relative_differs_from_absolute_after_eviction(seed):
     """The two RoPE modes are different models once frames are evicted (a test that can fail)."""
     model = tiny_model()

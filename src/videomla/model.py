@@ -191,7 +191,7 @@ class CausalWanModel(nn.Module):
         stream: StreamConfig | None = None,
         teacher_forcing: bool = False,
         mla_path: MLAPath = "auto",
-        dense_mask: bool = False,
+        dense_mask: bool | None = None,
     ) -> torch.Tensor:
         """Velocity for a whole clip x [B, C, F, H, W].
 
@@ -200,8 +200,9 @@ class CausalWanModel(nn.Module):
         with a cache computes chunk by chunk. ``teacher_forcing``: x is ``[clean ; noisy]``
         along frames and each noisy chunk attends to the clean past (training). ``mla_path``: how
         MLA layers attend ("auto" = materialised for a clip; "naive" is the reference).
-        ``dense_mask``: the reference mask, one boolean [Nq, Nk] tensor through SDPA, instead of
-        a :class:`~videomla.attention.common.BlockMask` (each chunk against its own keys).
+        ``dense_mask``: True: one boolean [Nq, Nk] mask through SDPA (the reference); False: a
+        :class:`~videomla.attention.common.BlockMask` (each chunk against its own keys); None: as
+        :func:`~videomla.attention.context.clip_mask` says (by size unless set).
         """
         f, h, w = self.token_grid(*x.shape[2:])
         ctx = AttentionContext.for_clip(

@@ -7,6 +7,9 @@ all layers, so RoPE tables and masks are computed once, not 30 times.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -26,6 +29,34 @@ _CLIP_CONTEXTS: dict[tuple, AttentionContext] = {}
 # "auto" picks by query count. Fixed per forward by the context (from the stream's cache).
 MLAPath = Literal["auto", "naive", "materialised", "absorbed"]
 MLA_PATHS: tuple[str, ...] = get_args(MLAPath)
+
+# How a masked clip forward applies its chunk-causal mask: one boolean [Nq, Nk] tensor through SDPA
+# ("dense"), or per-chunk runs of queries against their own keys (BlockMask, "blocks"). On an H200
+# the dense mask was the faster of the two at the world teacher's shape (64 tokens a frame, b64:
+# 0.122 vs 0.167 s per training step, docs/reproduction/throughput/h200-7dce538.json), so "auto"
+# keeps it until it would take BLOCK_MASK_BYTES (Wan-scale teacher forcing: 4 GiB), then runs blocks.
+ClipMask = Literal["auto", "dense", "blocks"]
+CLIP_MASKS: tuple[str, ...] = get_args(ClipMask)
+BLOCK_MASK_BYTES = 1 << 28
+_CLIP_MASK: ContextVar[str] = ContextVar("videomla_clip_mask", default="auto")
+
+
+@contextmanager
+def clip_mask(kind: ClipMask) -> Iterator[None]:
+    """Masked clip forwards in this block (thread / task) use ``kind`` (see :data:`ClipMask`)."""
+    if kind not in CLIP_MASKS:
+        raise ValueError(f"clip mask must be one of {', '.join(CLIP_MASKS)}; got {kind!r}")
+    token = _CLIP_MASK.set(kind)
+    try:
+        yield
+    finally:
+        _CLIP_MASK.reset(token)
+
+
+def use_dense_mask(tokens: int) -> bool:
+    """Whether a masked clip forward over this many tokens takes the dense boolean mask."""
+    kind = _CLIP_MASK.get()
+    return kind == "dense" or (kind == "auto" and tokens * tokens <= BLOCK_MASK_BYTES)
 
 
 def check_mla_path(path: str) -> MLAPath:
@@ -67,16 +98,19 @@ class AttentionContext:
         device: torch.device,
         teacher_forcing: bool = False,
         mla_path: MLAPath = "auto",
-        dense_mask: bool = False,
+        dense_mask: bool | None = None,
     ) -> AttentionContext:
         """Masked forward over ``num_frames``; ``stream=None`` is full bidirectional attention.
 
         ``teacher_forcing``: the frames are ``[clean clip ; noisy clip]`` (see
         :func:`~videomla.window.teacher_forcing_layout`). The mask is a :class:`BlockMask` (each
-        chunk attends to its own keys, unmasked); ``dense_mask=True`` is the reference, one boolean
-        [Nq, Nk] mask through SDPA. Memoised per shape and device: every training step reuses the
-        layout, mask and RoPE tables (no host work or upload per forward).
+        chunk attends to its own keys, unmasked) or one boolean [Nq, Nk] mask through SDPA
+        (``dense_mask=True``, the reference); None: as :func:`clip_mask` says. Memoised per shape
+        and device: every training step reuses the layout, mask and RoPE tables (no host work or
+        upload per forward).
         """
+        if dense_mask is None:
+            dense_mask = use_dense_mask(num_frames * height * width)
         key = (num_frames, height, width, stream, str(device), teacher_forcing, check_mla_path(mla_path), dense_mask)
         ctx = _CLIP_CONTEXTS.get(key)
         if ctx is None:

@@ -235,10 +235,13 @@ class KernelsSection:
 
     ``eager``: float32 RoPE tables (instead of float64); ``inductor``: also fused norm / RoPE /
     modulation kernels (torch.compile, compiled once per shape); ``cudnn_first``: cuDNN SDPA first.
+    ``clip_mask``: how the chunk-causal mask is applied (dense boolean mask or per-chunk runs; any
+    backend, the reference included: both are exact).
     """
 
     backend: Literal["eager", "inductor"] | None = None
     cudnn_first: bool = False
+    clip_mask: Literal["auto", "dense", "blocks"] = "auto"  # videomla.attention.context.clip_mask
 
 
 @dataclass

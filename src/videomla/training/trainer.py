@@ -251,12 +251,15 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def _kernels(self) -> contextlib.AbstractContextManager:
-        k = self.cfg.kernels
-        if k.backend is None:
-            return contextlib.nullcontext()
         from ..attention.common import fast_kernels
+        from ..attention.context import clip_mask
 
-        return fast_kernels(k.backend, cudnn_first=k.cudnn_first)
+        k = self.cfg.kernels
+        stack = contextlib.ExitStack()
+        stack.enter_context(clip_mask(k.clip_mask))
+        if k.backend is not None:
+            stack.enter_context(fast_kernels(k.backend, cudnn_first=k.cudnn_first))
+        return stack
 
     # -- the loop --------------------------------------------------------------------------------------
     def next_batch(self):
