@@ -53,6 +53,24 @@ def test_fast_path_equals_the_reference_path(seed, mla):
     assert rel_err(run(fast, text, 6, seed), ref) < 1e-5
 
 
+def test_cpu_fast_matmul_stays_at_float32_accuracy_and_restores_the_setting(seed):
+    """oneDNN's bf16-split float32 matmuls (the CPU default) stream what IEEE float32 streams, to
+    float32 accuracy (plain bf16 would be ~1e-2 off), and leave the process's setting as it was."""
+    model = tiny_model()
+    text = texts(model)
+    exact = StreamEngine(model, WINDOW, GEOMETRY, options=EngineOptions(cpu_fast_matmul=False))
+    fast = StreamEngine(model, WINDOW, GEOMETRY)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    a, b = run(exact, text, 6, seed), run(fast, text, 6, seed)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    assert rel_err(b, a) < 1e-4
+    with torch.no_grad():
+        bf16 = model.to(torch.bfloat16)
+        plain = run(StreamEngine(bf16, WINDOW, GEOMETRY), text.bfloat16(), 6, seed).float()
+        model.float()
+    assert rel_err(plain, a) > 10 * rel_err(b, a)  # the check can tell bf16 from float32
+
+
 def test_batched_streams_equal_each_stream_alone(seed):
     """What a server batching streams relies on: per-stream text and noise, one forward for all."""
     model = tiny_model(preset("tiny").with_mla())

@@ -20,8 +20,8 @@ on CPU by default and tested against the eager reference path.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,11 @@ class EngineOptions:
     compile_backend: str = "inductor"
     mla_path: MLAPath = "auto"
     kv_fp8: bool = False
+    # CPU float32 matmuls through oneDNN's bf16 path (torch.backends.mkldnn.matmul.fp32_precision =
+    # "bf16"): it splits each float32 operand into bf16 terms, so the error stays at float32's level
+    # (relative 4e-7 vs 2.5e-7 for IEEE on a 192x1024x256 linear; plain bf16: 3e-3) at twice the speed
+    # on CPUs with AVX512-BF16 (the README command: 39.9 -> 34.9 s on one thread). Not bitwise.
+    cpu_fast_matmul: bool = True
 
     def __post_init__(self) -> None:
         check_mla_path(self.mla_path)
@@ -81,6 +86,21 @@ class EngineOptions:
             compile=cuda if self.compile is None else self.compile,
             cuda_graphs=cuda if self.cuda_graphs is None else self.cuda_graphs,
         )
+
+
+@contextmanager
+def cpu_matmul_precision(precision: str) -> Iterator[None]:
+    """oneDNN's float32 matmul precision inside the block (process-wide: restored on exit)."""
+    backend = torch.backends.mkldnn
+    if not (backend.is_available() and hasattr(backend, "matmul")):
+        yield
+        return
+    before = backend.matmul.fp32_precision
+    backend.matmul.fp32_precision = precision
+    try:
+        yield
+    finally:
+        backend.matmul.fp32_precision = before
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -335,7 +355,12 @@ class StreamEngine:
         )  # fmt: skip
 
     def _kernels(self):
-        return fast_kernels(self.options.compile_backend) if self.options.compile else nullcontext()
+        stack = ExitStack()
+        if self.options.compile:
+            stack.enter_context(fast_kernels(self.options.compile_backend))
+        if self.options.cpu_fast_matmul and self.device.type == "cpu" and self.dtype == torch.float32:
+            stack.enter_context(cpu_matmul_precision("bf16"))
+        return stack
 
     def _timestep(self, t: torch.Tensor | float, clean_frames: int = 0) -> torch.Tensor:
         """[B] for a chunk at one timestep; [B, n] with the first ``clean_frames`` at t = 0."""

@@ -443,6 +443,7 @@ class Pipeline:
                 "cuda_graphs": self.options.cuda_graphs,
                 "mla_path": self.options.mla_path,
                 "kv_fp8": self.options.kv_fp8,
+                "cpu_fast_matmul": self.options.cpu_fast_matmul and self.device.type == "cpu",
                 "decode_overlap": self.decode_overlap and cuda,
                 "threads": torch.get_num_threads() if not cuda else None,
             },
