@@ -469,6 +469,18 @@ def test_a_checkpoint_refined_to_a_finer_grid_trains_and_exports(workspace: dict
         config_from_dict(run_config("teacher_forcing", workspace["data"], steps=1, model=fine_preset))
 
 
+def test_a_deepened_checkpoint_trains_and_exports(workspace: dict, tmp_path: Path) -> None:
+    teacher = load_model(resolve_checkpoint(workspace["teacher"]))
+    model = {"checkpoint": str(workspace["teacher"]), "num_layers": 2 * teacher.config.num_layers}
+    cfg = run_config("teacher_forcing", workspace["data"], steps=1, model=model)
+    train(config_from_dict(cfg), tmp_path / "run")
+    exported = load_model(resolve_checkpoint(tmp_path / "run"))
+    assert exported.config.num_layers == len(exported.blocks) == 2 * teacher.config.num_layers
+    with pytest.raises(ValueError, match="deepens a checkpoint"):
+        deep_preset = {"preset": "tiny", "num_layers": 4}
+        config_from_dict(run_config("teacher_forcing", workspace["data"], steps=1, model=deep_preset))
+
+
 def test_bundled_configs_resolve_by_name(capsys) -> None:
     """The configs ship in the package: `videomla train world-1-teacher-forcing` works after pip install."""
     from videomla.cli import main

@@ -42,12 +42,15 @@ class ModelSection:
     mla_q_latent_dim: int | None = None  # d_q (None: width / 2)
     mla_rope_head_dim: int | None = None  # RoPE channels per head (None: head dim / 4); NoPE = the rest
     patch_size: list[int] | None = None  # a finer token grid than the checkpoint's (videomla.repatch)
+    num_layers: int | None = None  # more blocks than the checkpoint's, starting as identities (videomla.deepen)
 
     def __post_init__(self) -> None:
         if self.preset is None and self.checkpoint is None:
             raise ValueError("set model.preset (random init) or model.checkpoint")
         if self.patch_size is not None and self.checkpoint is None:
             raise ValueError("model.patch_size refines a checkpoint's token grid; a preset sets its own patch size")
+        if self.num_layers is not None and self.checkpoint is None:
+            raise ValueError("model.num_layers deepens a checkpoint; a preset sets its own depth")
 
 
 @dataclass

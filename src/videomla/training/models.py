@@ -29,6 +29,10 @@ def build_trained_model(section: ModelSection, seed: int) -> tuple[CausalWanMode
             from ..repatch import refine_patches
 
             model = refine_patches(model, tuple(section.patch_size))
+        if section.num_layers is not None:
+            from ..deepen import deepen
+
+            model = deepen(model, section.num_layers)
         if section.mla:
             model, report = convert_section(model, section, seed)
     else:
