@@ -2,7 +2,8 @@
 #   CONFIG=configs/world-teacher-2.yaml RUN=runs/world-teacher-2 TOTAL=7200 UNTIL=3200 bash scripts/gpu_train.sh
 # Trains CONFIG from RUN's newest checkpoint (or from scratch if RUN holds none) up to step UNTIL of
 # a TOTAL-step schedule, under a wall-clock guard so that the call always ends with what it made
-# brought back: metrics.csv, config.yaml and the newest exported model as bf16 under $OUT/model.
+# brought back: metrics.csv, config.yaml and the newest exported model as bf16 under $OUT/model
+# (sharded under the call's 16 MiB a file).
 # BENCH="b64-inductor ..." first times those scripts/train_throughput.py cases (10 steps each);
 # SETS="--set key=value ..." adds config overrides (e.g. where the weights to start from lie).
 # BASELINE=DIR: an older src/ the BENCH's before-* cases run on. SCORE=1: after the export, score it
@@ -22,7 +23,7 @@ import torch
 from videomla.checkpoint import RESERVED_METADATA, load_metadata, load_model, resolve_checkpoint, save_model
 src = resolve_checkpoint(Path(sys.argv[1]))
 meta = {k: v for k, v in load_metadata(src).items() if k not in RESERVED_METADATA}
-save_model(load_model(src, dtype=torch.bfloat16), Path(sys.argv[2]), meta)
+save_model(load_model(src, dtype=torch.bfloat16), Path(sys.argv[2]), meta, max_shard_bytes=15_000_000)  # 16 MiB a file back
 print("exported", src, "as bf16 to", sys.argv[2])
 PY
 }

@@ -384,3 +384,40 @@ def test_meta_built_models_have_real_rope_tables():
         model = CausalWanModel(TINY)
     assert model.blocks[0].self_attn.rotary.freqs[0].device.type == "cpu"
     assert ckpt.expected_shapes(TINY)["head.modulation"] == (1, 2, 64)
+
+
+# -- sharded videomla models ------------------------------------------------------------------------
+def test_sharded_save_round_trips_and_replaces_either_layout(seed, tmp_path):
+    """Shards under the cap, an index naming every tensor, the same model and metadata back."""
+    model = tiny_model(TINY.with_mla(layers=(1,)))
+    state = model.state_dict()
+    cap = max(t.numel() * t.element_size() for t in state.values()) + 1
+    out = save_model(model, tmp_path / "m", metadata={"codec": {"kind": "pixel"}}, max_shard_bytes=cap)
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    assert all(re.fullmatch(rf"model-\d{{5}}-of-{len(shards):05d}\.safetensors", n) for n in shards)
+    for name in shards:  # each shard's tensors fit under the cap
+        held = read_checkpoint(out / name)[0]
+        assert sum(t.numel() * t.element_size() for t in held.values()) <= cap
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(state) and set(index["weight_map"].values()) == set(shards)
+    assert_same_model(load_model(out), model)
+    assert load_metadata(out)["codec"] == {"kind": "pixel"}
+    assert_same_model(load_model(save_model(model, out)), model)  # single file replaces the shards
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    save_model(model, out, max_shard_bytes=cap)  # and shards replace the single file
+    assert not (out / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="max_shard_bytes"):
+        save_model(model, tmp_path / "z", max_shard_bytes=0)
+
+
+def test_sharded_save_with_a_missing_shard_or_index_is_named(seed, tmp_path):
+    model = tiny_model()
+    out = save_model(model, tmp_path / "m", max_shard_bytes=4096)
+    victim = sorted(out.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=rf"missing: .*{victim.name}"):
+        load_model(out)
+    (out / "model.safetensors.index.json").unlink()
+    with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor model\.safetensors\.index\.json"):
+        load_model(out)

@@ -6,8 +6,8 @@ is missing, extra or mis-shaped instead of failing deep inside ``load_state_dict
 
 Formats (detected from the path):
 
-* ``videomla``: a folder with ``model.safetensors`` + ``config.json``
-  (``{"format": "videomla", "model": ModelConfig.to_dict(), ...extra metadata}``);
+* ``videomla``: a folder with ``model.safetensors`` (or its shards and ``model.safetensors.index.json``)
+  + ``config.json`` (``{"format": "videomla", "model": ModelConfig.to_dict(), ...extra metadata}``);
 * ``diffusers``: a ``WanTransformer3DModel`` folder (``config.json`` + ``diffusion_pytorch_model*.safetensors``);
 * ``wan2.1``: the original release, a folder or file ``diffusion_pytorch_model*.safetensors``
   (sharded with its ``.index.json``), or any ``.safetensors`` file;
@@ -44,12 +44,15 @@ StateDict = dict[str, torch.Tensor]
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
+MODEL_INDEX = MODEL_FILE + ".index.json"  # a sharded videomla model: model-0000k-of-0000n.safetensors
+_MODEL_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 CONFIG_FILE = "config.json"
 DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_INDEX = DIFFUSERS_FILE + ".index.json"
 RESERVED_METADATA = ("format", "format_version", "model")
 ACCEPTED = (
-    "a videomla folder (config.json with format 'videomla' + model.safetensors); "
+    "a videomla folder (config.json with format 'videomla' + model.safetensors, or its shards with "
+    "model.safetensors.index.json); "
     "a diffusers WanTransformer3DModel folder (config.json + diffusion_pytorch_model*.safetensors); "
     "an original Wan2.1 folder or file (diffusion_pytorch_model*.safetensors, sharded with "
     "diffusion_pytorch_model.safetensors.index.json) or any .safetensors file; "
@@ -637,10 +640,12 @@ def _detect(path: str | Path | None) -> _Source:
     config = _read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
     files, index = _wan_files(path)
     if config is not None and config.get("format") == "videomla":
-        if not (path / MODEL_FILE).is_file():
-            raise CheckpointError(f"videomla checkpoint {path} has config.json but no {MODEL_FILE}")
-        sniff_safetensors(path / MODEL_FILE)
-        return _Source("videomla", [path / MODEL_FILE], config=config)
+        if (path / MODEL_FILE).is_file():
+            sniff_safetensors(path / MODEL_FILE)
+            return _Source("videomla", [path / MODEL_FILE], config=config)
+        if (path / MODEL_INDEX).is_file():
+            return _Source("videomla", [], index=path / MODEL_INDEX, config=config)
+        raise CheckpointError(f"videomla checkpoint {path} has config.json but neither {MODEL_FILE} nor {MODEL_INDEX}")
     if (
         config is not None
         and "_class_name" in config
@@ -668,7 +673,8 @@ def _stored_config(source: _Source, state: Mapping[str, torch.Tensor]) -> ModelC
         try:
             return ModelConfig.from_dict(cfg["model"])
         except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{source.files[0].parent / CONFIG_FILE}: invalid model config: {err}") from err
+            folder = (source.index or source.files[0]).parent
+            raise CheckpointError(f"{folder / CONFIG_FILE}: invalid model config: {err}") from err
     if cfg.get("_class_name") == "WanTransformer3DModel":
         return config_from_diffusers(cfg)
     if cfg.get("_class_name") == "WanModel":  # the original release: heads and eps, the rest from shapes
@@ -873,12 +879,33 @@ def _write_json(file: Path, data: dict[str, Any]) -> None:
     file.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def save_model(model: CausalWanModel, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def _shards(state: StateDict, max_bytes: int) -> list[StateDict]:
+    """Consecutive groups of tensors of at most ``max_bytes`` each (a larger tensor gets its own)."""
+    groups: list[StateDict] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][key] = tensor
+        size += nbytes
+    return groups
+
+
+def save_model(
+    model: CausalWanModel,
+    out_dir: str | Path,
+    metadata: dict[str, Any] | None = None,
+    max_shard_bytes: int | None = None,
+) -> Path:
     """Write ``out_dir`` = model.safetensors + config.json (format videomla, the model config, ``metadata``).
 
     ``metadata`` is any JSON-serialisable dict (e.g. ``{"codec": {...}, "text_encoder": {...}}``),
-    read back by :func:`load_metadata`. Atomic: an existing checkpoint is replaced only once the
-    new one is completely written.
+    read back by :func:`load_metadata`. ``max_shard_bytes``: a model whose tensors take more is split
+    Hugging Face style into ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``
+    (for file-size limits: repositories, transfer caps). Atomic: an existing checkpoint is replaced
+    only once the new one is completely written.
     """
     from safetensors.torch import save_file
 
@@ -891,9 +918,25 @@ def save_model(model: CausalWanModel, out_dir: str | Path, metadata: dict[str, A
         json.dumps(config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
     out = Path(out_dir)
-    with _atomic_folder(out, {MODEL_FILE, CONFIG_FILE}) as tmp:
-        save_file(_cpu_state(model.state_dict()), tmp / MODEL_FILE, metadata={"format": "pt"})
+    state = _cpu_state(model.state_dict())
+    groups = _shards(state, max_shard_bytes) if max_shard_bytes else [state]
+    owned = {MODEL_FILE, MODEL_INDEX, CONFIG_FILE}
+    if out.is_dir():  # the shards of an earlier save are this writer's too
+        owned |= {p.name for p in out.iterdir() if _MODEL_SHARD.match(p.name)}
+    with _atomic_folder(out, owned) as tmp:
+        if len(groups) == 1:
+            save_file(state, tmp / MODEL_FILE, metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for k, group in enumerate(groups, 1):
+                name = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+                save_file(group, tmp / name, metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(group, name))
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            _write_json(tmp / MODEL_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
         _write_json(tmp / CONFIG_FILE, config)
     return out
 
