@@ -1,0 +1,42 @@
+"""Held-out teacher-forcing loss split by noise level, for several teachers on the same clips and noise.
+
+Ad-hoc diagnostic (docs/reproduction.md, teacher 7): does a lower held-out loss come from the
+low-noise steps (detail) rather than the high-noise ones that decide the layout?
+Run: python loss_by_noise.py CONFIG=MODEL [CONFIG=MODEL ...]  (CPU, 32 held-out clips).
+Every chunk of a clip gets the same timestep; each band uses one fixed noise draw for all models.
+"""
+
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+from videomla.training.config import load_config
+from videomla.training.losses import forced_velocity, frame_sigma
+from videomla.training.trainer import Trainer
+from videomla.schedule import add_noise
+
+TIMESTEPS = (975, 900, 750, 500, 250, 100, 25)  # training timesteps in (0, 1000]; sigma = t / 1000
+
+for arg in sys.argv[1:]:
+    config, model = arg.split("=")
+    sets = [f"model.checkpoint={model}", "device=cpu", "precision=fp32", "heldout.clips=32",
+            "heldout.batch_size=16", "data.batch_size=16", "kernels.backend=eager"]  # fmt: skip
+    cfg = load_config(config, sets)
+    trainer = Trainer(cfg, tempfile.mkdtemp())
+    net = trainer.stage.modules[trainer.stage.export_name].eval()
+    row = []
+    for t in TIMESTEPS:
+        total, count = 0.0, 0
+        for k, (_, batch) in enumerate(trainer.bank):
+            x0 = batch.latents
+            gen = torch.Generator().manual_seed(1000 * t + k)
+            eps = torch.randn(x0.shape, generator=gen)
+            tt = torch.full((x0.shape[0], x0.shape[2]), float(t), dtype=torch.float64)
+            with torch.no_grad():
+                v = forced_velocity(net, x0, add_noise(x0, eps, frame_sigma(tt, x0)), tt, batch.context, cfg.stream)
+            total += F.mse_loss(v.float(), (eps - x0).float(), reduction="sum").item()
+            count += x0.numel()
+        row.append(total / count)
+    print(model, " ".join(f"t{t}:{loss:.4f}" for t, loss in zip(TIMESTEPS, row)), flush=True)
