@@ -12,10 +12,10 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from videomla.schedule import add_noise
 from videomla.training.config import load_config
 from videomla.training.losses import forced_velocity, frame_sigma
 from videomla.training.trainer import Trainer
-from videomla.schedule import add_noise
 
 TIMESTEPS = (975, 900, 750, 500, 250, 100, 25)  # training timesteps in (0, 1000]; sigma = t / 1000
 
