@@ -110,6 +110,9 @@ def test_clip_mask_kind_is_chosen_by_size_or_by_the_caller(monkeypatch):
         return context.AttentionContext.for_clip(12, 4, 6, stream, torch.device("cpu"), **kw).mask
 
     assert isinstance(mask(), torch.Tensor)  # small: the dense mask
+    for (h, w), dense in (((8, 8), True), ((16, 16), False)):  # the world teacher's coarse / fine grid
+        ctx = context.AttentionContext.for_clip(42, h, w, stream, torch.device("cpu"), teacher_forcing=True)
+        assert isinstance(ctx.mask, torch.Tensor) == dense, (h, w)
     monkeypatch.setattr(context, "BLOCK_MASK_BYTES", (12 * 24) ** 2 - 1)
     assert isinstance(mask(), BlockMask)  # past the size: blocks
     with context.clip_mask("dense"):

@@ -33,11 +33,13 @@ MLA_PATHS: tuple[str, ...] = get_args(MLAPath)
 # How a masked clip forward applies its chunk-causal mask: one boolean [Nq, Nk] tensor through SDPA
 # ("dense"), or per-chunk runs of queries against their own keys (BlockMask, "blocks"). On an H200
 # the dense mask was the faster of the two at the world teacher's shape (64 tokens a frame, b64:
-# 0.122 vs 0.167 s per training step, docs/reproduction/throughput/h200-7dce538.json), so "auto"
-# keeps it until it would take BLOCK_MASK_BYTES (Wan-scale teacher forcing: 4 GiB), then runs blocks.
+# 0.122 vs 0.167 s per training step at 2688 tokens, docs/reproduction/throughput/h200-7dce538.json),
+# and the slower at four times the tokens (the fine grid, 10752 tokens: 0.891 vs 0.534 s,
+# docs/reproduction.md, teacher 7), so "auto" keeps it up to BLOCK_MASK_BYTES = 4096^2 (the
+# crossover lies between the two measured points), then runs blocks.
 ClipMask = Literal["auto", "dense", "blocks"]
 CLIP_MASKS: tuple[str, ...] = get_args(ClipMask)
-BLOCK_MASK_BYTES = 1 << 28
+BLOCK_MASK_BYTES = 1 << 24
 _CLIP_MASK: ContextVar[str] = ContextVar("videomla_clip_mask", default="auto")
 
 
