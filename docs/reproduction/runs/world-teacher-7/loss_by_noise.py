@@ -2,7 +2,10 @@
 
 Ad-hoc diagnostic (docs/reproduction.md, teacher 7): does a lower held-out loss come from the
 low-noise steps (detail) rather than the high-noise ones that decide the layout?
-Run: python loss_by_noise.py CONFIG=MODEL [CONFIG=MODEL ...]  (CPU, 32 held-out clips).
+Run from the repository root (CPU, 8 held-out clips):
+    python docs/reproduction/runs/world-teacher-7/loss_by_noise.py CONFIG=MODEL [CONFIG=MODEL ...]
+CONFIG gives the bank and the stream; it starts from MODEL, or, where it reshapes its start
+(model.patch_size or model.num_layers), from its own checkpoint reshaped, and then takes MODEL's weights.
 Every chunk of a clip gets the same timestep; each band uses one fixed noise draw for all models.
 """
 
@@ -12,6 +15,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from videomla.checkpoint import load_model
 from videomla.schedule import add_noise
 from videomla.training.config import load_config
 from videomla.training.losses import forced_velocity, frame_sigma
@@ -21,11 +25,15 @@ TIMESTEPS = (975, 900, 750, 500, 250, 100, 25)  # training timesteps in (0, 1000
 
 for arg in sys.argv[1:]:
     config, model = arg.split("=")
-    sets = [f"model.checkpoint={model}", "device=cpu", "precision=fp32", "heldout.clips=32",
-            "heldout.batch_size=16", "data.batch_size=16", "kernels.backend=eager"]  # fmt: skip
+    reshaped = any(v is not None for v in (load_config(config).model.patch_size, load_config(config).model.num_layers))
+    sets = [] if reshaped else [f"model.checkpoint={model}"]
+    sets += ["device=cpu", "precision=fp32", "heldout.clips=8",
+            "heldout.batch_size=8", "data.batch_size=8", "kernels.backend=eager"]  # fmt: skip
     cfg = load_config(config, sets)
     trainer = Trainer(cfg, tempfile.mkdtemp())
     net = trainer.stage.modules[trainer.stage.export_name].eval()
+    if reshaped:
+        net.load_state_dict(load_model(model).state_dict())
     row = []
     for t in TIMESTEPS:
         total, count = 0.0, 0
