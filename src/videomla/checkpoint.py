@@ -884,12 +884,11 @@ def _shards(state: StateDict, max_bytes: int) -> list[StateDict]:
     groups: list[StateDict] = [{}]
     size = 0
     for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if groups[-1] and size + nbytes > max_bytes:
+        if groups[-1] and size + tensor.nbytes > max_bytes:
             groups.append({})
             size = 0
         groups[-1][key] = tensor
-        size += nbytes
+        size += tensor.nbytes
     return groups
 
 
@@ -935,7 +934,7 @@ def save_model(
                 name = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
                 save_file(group, tmp / name, metadata={"format": "pt"})
                 weight_map.update(dict.fromkeys(group, name))
-            total = sum(t.numel() * t.element_size() for t in state.values())
+            total = sum(t.nbytes for t in state.values())
             _write_json(tmp / MODEL_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
         _write_json(tmp / CONFIG_FILE, config)
     return out

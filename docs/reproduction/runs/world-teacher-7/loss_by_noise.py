@@ -25,7 +25,8 @@ TIMESTEPS = (975, 900, 750, 500, 250, 100, 25)  # training timesteps in (0, 1000
 
 for arg in sys.argv[1:]:
     config, model = arg.split("=")
-    reshaped = any(v is not None for v in (load_config(config).model.patch_size, load_config(config).model.num_layers))
+    start = load_config(config).model
+    reshaped = start.patch_size is not None or start.num_layers is not None
     sets = [] if reshaped else [f"model.checkpoint={model}"]
     sets += ["device=cpu", "precision=fp32", "heldout.clips=8",
             "heldout.batch_size=8", "data.batch_size=8", "kernels.backend=eager"]  # fmt: skip
