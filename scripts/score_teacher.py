@@ -1,12 +1,13 @@
 """Score a stage-1 (teacher) model's samples with the current evaluator, on held-out prompts, on the CPU.
 
     python scripts/score_teacher.py MODEL_DIR --out FILE.json [--prompts 16] [--noise 2] [--steps 8 32]
-        [--solver euler] [--figure FILE.png] [--device cuda]
+        [--solver euler] [--shift 5] [--figure FILE.png] [--device cuda]
 
 Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them). Each prompt is
 streamed (no guidance; text features from the checkpoint's own encoder) from noise seeds
 0..noise-1, to 1x (21 frames) and/or 6x (126 frames) (``--horizons``), with the listed step counts
-of ``--solver`` (renoise: the few-step sampler, the default; euler: the flow-matching ODE); real
+of ``--solver`` (renoise: the few-step sampler, the default; euler: the flow-matching ODE), the
+steps warped by ``--shift`` (the sampling shift; training's default is 5); real
 clips of the same prompts are scored alongside as the ceiling. Writes per-video scores and means;
 prints a table. ``--figure`` also saves, for the first 6 prompts, the real clip's frames above the
 first step count's noise-0 sample.
@@ -32,7 +33,7 @@ from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import AGGREGATES, METRICS, evaluate
 from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
 from videomla.sampler import LatentGeometry, stream_latents
-from videomla.schedule import SOLVERS, SamplingSchedule, even_steps
+from videomla.schedule import DEFAULT_SHIFT, SOLVERS, SamplingSchedule, even_steps
 from videomla.tables import render_table
 
 PROMPT_SEED = 777
@@ -41,7 +42,14 @@ HORIZONS = {"1x": 21, "6x": 126}
 
 @torch.no_grad()
 def rollout(
-    model, encoder, prompts: list[str], steps: int, noise: int, frames: int, solver: str = "renoise"
+    model,
+    encoder,
+    prompts: list[str],
+    steps: int,
+    noise: int,
+    frames: int,
+    solver: str = "renoise",
+    shift: float = DEFAULT_SHIFT,
 ) -> torch.Tensor:
     """The prompts streamed in one batch from noise seed ``noise``: videos [B, 3, T, 64, 64] on the CPU."""
     device = next(model.parameters()).device
@@ -49,7 +57,7 @@ def rollout(
     stream = StreamConfig(**STREAM)
     gen = torch.Generator(device).manual_seed(noise)
     chunks = frames // stream.frames_per_chunk
-    schedule = SamplingSchedule(even_steps(steps), solver=solver)
+    schedule = SamplingSchedule(even_steps(steps), shift, solver=solver)
     geometry = LatentGeometry(48, 16, 16)
     latents = stream_latents(model, text, geometry, stream, chunks, schedule, generator=gen, batch=len(prompts))
     codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
@@ -80,19 +88,23 @@ def main() -> None:
     ap.add_argument("--figure", type=Path, help="PNG: real clips above samples (first --steps value, noise 0)")
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     ap.add_argument("--solver", choices=SOLVERS, default="renoise", help="the sampler (videomla.schedule)")
+    ap.add_argument("--shift", type=float, help="sampling shift of the step list (default: the checkpoint's)")
     ap.add_argument("--device", default="cpu", help="where the model runs (scores are computed on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model, dtype=torch.float32).to(args.device)
-    encoder = build_text_encoder(
-        resolve_spec(args.model)[1].text_encoder, model.config.text_dim, args.device, torch.float32
-    )
+    spec = resolve_spec(args.model)[1]
+    encoder = build_text_encoder(spec.text_encoder, model.config.text_dim, args.device, torch.float32)
+    if args.shift is None:
+        args.shift = spec.schedule.shift
     prompts = [caption(clip_params_at(PROMPT_SEED, i)) for i in range(args.prompts)]
     result: dict = {
         "model": args.model,
         "text_context": getattr(encoder, "context", 0),
         "prompts": prompts,
         "prompt_seed": PROMPT_SEED,
+        "solver": args.solver,
+        "shift": args.shift,
         "runs": {},
     }
     horizons = {h: HORIZONS[h] for h in args.horizons}
@@ -103,7 +115,7 @@ def main() -> None:
         per = {h: [] for h in horizons}
         start = time.perf_counter()
         for noise in range(args.noise):
-            videos = rollout(model, encoder, prompts, steps, noise, longest, args.solver)
+            videos = rollout(model, encoder, prompts, steps, noise, longest, args.solver, args.shift)
             if args.figure and noise == 0 and steps == args.steps[0]:
                 clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(min(6, len(prompts)))]
                 figure(clips, videos[:, :, : HORIZONS[args.horizons[0]]], args.figure)
@@ -111,7 +123,8 @@ def main() -> None:
                 for p, v in zip(prompts, videos):
                     per[h].append({**evaluate(v[:, :frames], p).overall, "noise_seed": noise, "prompt": p})
         for h in horizons:
-            name = f"{steps}{' euler' if args.solver == 'euler' else ''} steps {h}"
+            shift = "" if args.shift == DEFAULT_SHIFT else f" shift {args.shift:g}"
+            name = f"{steps}{' euler' if args.solver == 'euler' else ''} steps{shift} {h}"
             result["runs"][name] = {"mean": mean(per[h]), "videos": per[h]}
         print(f"{steps} steps: {time.perf_counter() - start:.0f} s", flush=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -149,6 +149,25 @@ def test_heldout_loss_is_logged_on_its_steps_from_a_fixed_unseen_bank(world_mode
         t.close()
 
 
+def test_heldout_shift_fixes_the_banks_timesteps_whatever_the_training_shift(world_model: Path, tmp_path: Path) -> None:
+    held = {"every": 1, "clips": 2, "batch_size": 2}
+    base = world_config(world_model, steps=1, heldout=held)
+
+    def loss(schedule_shift: float, heldout_shift: float | None) -> float:
+        cfg = {**base, "schedule": {"shift": schedule_shift}, "heldout": {**held, "shift": heldout_shift}}
+        trainer = Trainer(config_from_dict(cfg), tmp_path / f"{schedule_shift}-{heldout_shift}")
+        try:
+            return trainer.heldout()["heldout_loss"].item()
+        finally:
+            trainer.close()
+
+    at_5 = loss(5.0, None)
+    assert loss(1.0, 5.0) == at_5  # the bank at shift 5, training at shift 1: the shift-5 number
+    assert loss(1.0, None) != at_5  # left unset, the bank follows the training shift
+    with pytest.raises(ValueError, match=r"heldout\.shift must be positive"):
+        config_from_dict({**base, "heldout": {**held, "shift": 0.0}})
+
+
 def test_consistency_stage_logs_its_own_heldout_loss(world_model: Path, tmp_path: Path) -> None:
     cfg = world_config(
         world_model, stage="consistency", steps=1, teacher={"checkpoint": str(world_model)},

@@ -226,10 +226,13 @@ class HeldoutSection:
     batch_size: int | None = None  # forwards of this many clips (None: data.batch_size)
     seed: int = 1234  # the bank's timesteps and noise
     path: str | None = None  # latents: a folder of held-out clips
+    shift: float | None = None  # the bank's timestep shift (None: schedule.shift): fixed, runs at other shifts compare
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.clips < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(f"heldout.every must be >= 0, heldout.clips and heldout.batch_size >= 1, got {self}")
+        if self.shift is not None and not self.shift > 0:
+            raise ValueError(f"heldout.shift must be positive, got {self.shift}")
 
 
 @dataclass

@@ -112,8 +112,9 @@ class Stage(abc.ABC):
         runs of all stages read on one scale; stages add their own objective.
         """
         model = self.modules[self.export_name]
+        shift = self.cfg.heldout.shift or self.cfg.schedule.shift
         with self.autocast():
-            loss = teacher_forcing_loss(model, batch.latents, batch.context, self.stream, rng, self.cfg.schedule.shift)
+            loss = teacher_forcing_loss(model, batch.latents, batch.context, self.stream, rng, shift)
         return {"heldout_loss": loss.float()}
 
     def _generator_update(self, loss: torch.Tensor, step: int) -> torch.Tensor:
