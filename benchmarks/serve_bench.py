@@ -50,7 +50,7 @@ def watch(port: int, opened: dict, t_open: float, result: dict) -> None:
     result["frames"], result["done_s"] = frames, time.perf_counter()
 
 
-def run_level(port: int, n: int, seconds: float) -> dict:
+def run_level(port: int, n: int, seconds: float, stream: str | None = None) -> dict:
     base = f"http://127.0.0.1:{port}"
     results = [{} for _ in range(n)]
     threads = []
@@ -58,7 +58,7 @@ def run_level(port: int, n: int, seconds: float) -> dict:
     for i in range(n):
         t_open = time.perf_counter()
         opened = post(base, "/api/streams", {"prompt": f"a large yellow triangle bouncing {i}", "seconds": seconds,
-                                             "seed": i})  # fmt: skip
+                                             "seed": i, "stream": stream})  # fmt: skip
         th = threading.Thread(target=watch, args=(port, opened, t_open, results[i]))
         th.start()
         threads.append(th)
@@ -84,6 +84,10 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--max-batch", type=int, default=None)
+    ap.add_argument("--stream", default=None, help="stream preset for every stream (default: the checkpoint's)")
+    ap.add_argument(
+        "--warmup-each", action="store_true", help="run every level once unmeasured first (compile, graphs per size)"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -100,15 +104,22 @@ def main() -> None:
     th.start()
     while not server.started:
         time.sleep(0.05)
-    run_level(port, 1, args.seconds)  # warm-up
-    levels = [run_level(port, n, args.seconds) for n in args.streams]
+    run_level(port, 1, args.seconds, args.stream)  # warm-up
+    levels = []
+    for n in args.streams:
+        if args.warmup_each:
+            run_level(port, n, args.seconds, args.stream)
+        levels.append(run_level(port, n, args.seconds, args.stream))
+        print(json.dumps(levels[-1]), flush=True)
     server.should_exit = True
     th.join(30)
     scheduler.shutdown()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {
         "command": "python " + " ".join(os.sys.argv),
-        "commit": commit,
+        "commit": commit or os.environ.get("VIDEOMLA_COMMIT", ""),
+        "warmup_each": args.warmup_each,
+        "stream": args.stream,
         "machine": {"cpu_cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                     "load_avg_before": load_before, "platform": platform.platform(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device},
