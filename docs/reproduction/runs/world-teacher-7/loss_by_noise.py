@@ -7,13 +7,14 @@ Run from the repository root (CPU, 8 held-out clips):
 CONFIG gives the bank and the stream; it starts from MODEL, or, where it reshapes its start
 (model.patch_size or model.num_layers), from its own checkpoint reshaped, and then takes MODEL's weights.
 Every chunk of a clip gets the same timestep; each band uses one fixed noise draw for all models.
+A second line per model splits each band into the first chunk (drawn from the text alone: what
+sampling starts from) and the later chunks (teacher-forced on the clean chunks before them).
 """
 
 import sys
 import tempfile
 
 import torch
-import torch.nn.functional as F
 
 from videomla.checkpoint import load_model
 from videomla.schedule import add_noise
@@ -35,9 +36,10 @@ for arg in sys.argv[1:]:
     net = trainer.stage.modules[trainer.stage.export_name].eval()
     if reshaped:
         net.load_state_dict(load_model(model).state_dict())
-    row = []
+    row, split = [], []
+    chunk = cfg.stream.frames_per_chunk
     for t in TIMESTEPS:
-        total, count = 0.0, 0
+        total, count, first, first_count = 0.0, 0, 0.0, 0
         for k, (_, batch) in enumerate(trainer.bank):
             x0 = batch.latents
             gen = torch.Generator().manual_seed(1000 * t + k)
@@ -45,7 +47,14 @@ for arg in sys.argv[1:]:
             tt = torch.full((x0.shape[0], x0.shape[2]), float(t), dtype=torch.float64)
             with torch.no_grad():
                 v = forced_velocity(net, x0, add_noise(x0, eps, frame_sigma(tt, x0)), tt, batch.context, cfg.stream)
-            total += F.mse_loss(v.float(), (eps - x0).float(), reduction="sum").item()
+            err = (v.float() - (eps - x0).float()) ** 2
+            total += err.sum().item()
             count += x0.numel()
+            first += err[:, :, :chunk].sum().item()
+            first_count += err[:, :, :chunk].numel()
         row.append(total / count)
+        split.append((first / first_count, (total - first) / (count - first_count)))
     print(model, " ".join(f"t{t}:{loss:.4f}" for t, loss in zip(TIMESTEPS, row)), flush=True)
+    print(
+        "  first chunk / later:", " ".join(f"t{t}:{a:.4f}/{b:.4f}" for t, (a, b) in zip(TIMESTEPS, split)), flush=True
+    )
