@@ -3,19 +3,20 @@
 # aggregate and per-stream FPS over stream counts through the real server (benchmarks/serve_bench.py,
 # every level warmed once first so compile and CUDA-graph capture per cohort size are not timed); the
 # largest count whose per-stream FPS stays >= 16 is the real-time capacity.
-# Usage: [COUNTS="1 2 4 8"] [SECONDS=2] bash scripts/gpu_serve.sh [OUT_DIR]    (default /tmp/videomla-serve-gpu)
+# Usage: [COUNTS="1 2 4 8"] [STREAM_SECONDS=2] [KIND_LIMIT=250] bash scripts/gpu_serve.sh [OUT_DIR]
+# (default OUT_DIR /tmp/videomla-serve-gpu; KIND_LIMIT: seconds for each of MLA and dense)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/videomla-serve-gpu}
 counts=${COUNTS:-1 2 4 8 16}
 mkdir -p "$out"
-[ -d "$out/ckpt/mla" ] || python scripts/make_random_wan.py "$out/ckpt" --preset wan2.1-t2v-1.3b --dtype bf16
+[ -d "$out/ckpt/mla" ] || python3 scripts/make_random_wan.py "$out/ckpt" --preset wan2.1-t2v-1.3b --dtype bf16
 for kind in mla dense; do  # dense at MLA's window (1 sink + 6, window-relative RoPE), not its peer default
-  python benchmarks/serve_bench.py --checkpoint "$out/ckpt/$kind" --vae "$out/ckpt/vae" --text-encoder hash \
-    --stream videomla --device cuda --streams $counts --seconds "${SECONDS:-2}" --warmup-each --out "$out/serve-$kind.json" 2>&1 \
+  timeout "${KIND_LIMIT:-250}" python3 benchmarks/serve_bench.py --checkpoint "$out/ckpt/$kind" --vae "$out/ckpt/vae" --text-encoder hash \
+    --stream videomla --device cuda --streams $counts --seconds "${STREAM_SECONDS:-2}" --warmup-each --out "$out/serve-$kind.json" 2>&1 \
     | tee "$out/serve-$kind.log" || true
 done
-python - "$out" <<'PY'
+python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
 for kind in ("mla", "dense"):
