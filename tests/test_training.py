@@ -24,7 +24,14 @@ from videomla.schedule import TEACHER_SAMPLER, SamplingSchedule, warp_steps
 from videomla.training.checkpointing import latest_checkpoint, list_checkpoints
 from videomla.training.config import config_from_dict, load_config
 from videomla.training.data import Batch, DataOrder, LatentFolder, collate, local_slice
-from videomla.training.losses import Guidance, dmd_direction, dmd_generator_loss, rollout, teacher_forcing_loss
+from videomla.training.losses import (
+    Guidance,
+    dmd_direction,
+    dmd_generator_loss,
+    rollout,
+    teacher_forcing_errors,
+    teacher_forcing_loss,
+)
 from videomla.training.metrics import read_metrics
 from videomla.training.models import EMA, freeze, trainable_copy
 from videomla.training.rng import StepRNG
@@ -281,6 +288,27 @@ def test_activation_checkpointing_recomputes_the_same_gradients(seed: int, monke
     assert len(calls) == 2  # one per block, forward only (the recomputation runs inside autograd)
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         assert torch.equal(a.grad, b.grad), name
+
+
+def test_first_chunk_weight_reweighs_the_per_chunk_mse(seed: int) -> None:
+    model, stream = tiny_model(), StreamConfig(**STREAM)
+    batch = Batch(torch.randn(2, 4, 6, 4, 4), torch.randn(2, 5, 32), ["a", "b"])  # 3 chunks of 2 frames
+
+    def loss(weight: float | None) -> torch.Tensor:
+        rng = StepRNG(seed, 1, [0, 1], CPU)  # the same timesteps and noise for every weight
+        with torch.no_grad():
+            if weight is None:
+                return teacher_forcing_errors(model, batch.latents, batch.context, stream, rng, 5.0)
+            return teacher_forcing_loss(model, batch.latents, batch.context, stream, rng, 5.0, weight)
+
+    errors = loss(None)
+    first, later = errors[:, :, :2].mean(), errors[:, :, 2:].mean()
+    assert loss(1.0) == errors.mean()
+    assert loss(1.0).item() == pytest.approx(((first + 2 * later) / 3).item(), rel=1e-5)
+    assert loss(4.0).item() == pytest.approx(((4 * first + 2 * later) / 6).item(), rel=1e-5)
+    assert loss(0.25).item() == pytest.approx(((0.25 * first + 2 * later) / 2.25).item(), rel=1e-5)
+    with pytest.raises(ValueError, match=r"loss\.first_chunk_weight must be positive"):
+        stage_config("teacher_forcing", loss={"first_chunk_weight": 0.0})
 
 
 # -- each stage learns ---------------------------------------------------------------------------------

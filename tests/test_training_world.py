@@ -17,7 +17,9 @@ from videomla.config import ModelConfig
 from videomla.model import CausalWanModel
 from videomla.training.config import OptimSection, config_from_dict
 from videomla.training.data import WorldSource, collate
+from videomla.training.losses import teacher_forcing_errors
 from videomla.training.metrics import read_metrics
+from videomla.training.rng import StepRNG
 from videomla.training.trainer import Trainer, train
 
 WORLD = {"num_clips": 64, "seed": 3, "size": 16, "radius": [2.0, 3.5], "spatial_stride": 4}
@@ -126,6 +128,7 @@ def test_heldout_loss_is_logged_on_its_steps_from_a_fixed_unseen_bank(world_mode
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [r["step"] for r in rows if "heldout_loss" in r] == [2, 4, 5]  # every 2 steps and the last
     assert all(0 < r["heldout_loss"] < 10 for r in rows if "heldout_loss" in r)
+    assert [r["step"] for r in rows if "heldout_first_chunk_loss" in r] == [2, 4, 5]
     assert [h["step"] for h in history if "heldout_loss" in h] == [2, 4, 5]
     assert [h["heldout_loss"] for h in history if "heldout_loss" in h] == pytest.approx(
         [r["heldout_loss"] for r in rows if "heldout_loss" in r], rel=1e-8
@@ -143,6 +146,13 @@ def test_heldout_loss_is_logged_on_its_steps_from_a_fixed_unseen_bank(world_mode
     assert not torch.equal(four.bank[0][1].latents, first.latents)
     values = [t.heldout()["heldout_loss"].item() for t in (one, four)]
     assert values[0] == pytest.approx(values[1], rel=1e-5)  # same clips, same draws, other batching
+    firsts = [t.heldout()["heldout_first_chunk_loss"].item() for t in (one, four)]
+    assert firsts[0] == pytest.approx(firsts[1], rel=1e-5) and firsts[0] != pytest.approx(values[0], rel=1e-3)
+    ((positions, batch),) = four.bank
+    rng = StepRNG(four.cfg.heldout.seed, 0, positions, cpu)
+    model = four.stage.modules[four.stage.export_name]
+    errors = teacher_forcing_errors(model, batch.latents, batch.context, four.cfg.stream, rng, 5.0)
+    assert firsts[1] == pytest.approx(errors[:, :, : four.cfg.stream.frames_per_chunk].mean().item(), rel=1e-5)
     four.step = 7  # later in the run, the same weights: the same draws, the same number
     assert four.heldout()["heldout_loss"].item() == values[1]
     for t in (one, four):
@@ -175,7 +185,7 @@ def test_consistency_stage_logs_its_own_heldout_loss(world_model: Path, tmp_path
     )  # fmt: skip
     train(config_from_dict(cfg), tmp_path / "cd")
     (row,) = read_metrics(tmp_path / "cd" / "metrics.csv")
-    assert {"loss", "grad_norm", "lr", "heldout_loss", "heldout_cd_loss"} <= set(row)
+    assert {"loss", "grad_norm", "lr", "heldout_loss", "heldout_first_chunk_loss", "heldout_cd_loss"} <= set(row)
     assert math.isfinite(row["heldout_cd_loss"]) and row["heldout_cd_loss"] > 0
 
 

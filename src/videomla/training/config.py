@@ -135,6 +135,21 @@ class TeacherSection:
 
 
 @dataclass
+class LossSection:
+    """The teacher-forcing objective (stage 1).
+
+    ``first_chunk_weight``: the first chunk's velocity MSE against each later chunk's (1: the
+    plain mean). The first chunk is the only one drawn from the text alone, as a sampled video starts.
+    """
+
+    first_chunk_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.first_chunk_weight > 0:
+            raise ValueError(f"loss.first_chunk_weight must be positive, got {self.first_chunk_weight}")
+
+
+@dataclass
 class ScheduleSection:
     """The sampler: the distilled stages train for it; every export records it.
 
@@ -329,6 +344,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    loss: LossSection = field(default_factory=LossSection)
     consistency: ConsistencySection = field(default_factory=ConsistencySection)
     dmd: DMDSection = field(default_factory=DMDSection)
     ema: EMASection = field(default_factory=EMASection)

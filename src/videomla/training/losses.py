@@ -101,12 +101,35 @@ def teacher_forcing_loss(
     stream: StreamConfig,
     rng: StepRNG,
     shift: float,
+    first_chunk_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Velocity MSE of every noisy chunk given the clean chunks before it (one timestep per chunk)."""
+    """Velocity MSE of every noisy chunk given the clean chunks before it (one timestep per chunk).
+
+    ``first_chunk_weight`` weighs the first chunk's MSE against each later chunk's: the first
+    chunk is drawn from the text alone (as every sampled video starts), the later ones continue a
+    clean past, an easier task that otherwise holds all but one chunk's share of the loss.
+    """
+    errors = teacher_forcing_errors(model, x0, context, stream, rng, shift)
+    if first_chunk_weight == 1.0:
+        return errors.mean()
+    weights = torch.ones(errors.shape[2], device=errors.device)
+    weights[: stream.frames_per_chunk] = first_chunk_weight
+    return (errors.mean(dim=(0, 1, 3, 4)) * weights).sum() / weights.sum()
+
+
+def teacher_forcing_errors(
+    model: CausalWanModel,
+    x0: torch.Tensor,
+    context: torch.Tensor,
+    stream: StreamConfig,
+    rng: StepRNG,
+    shift: float,
+) -> torch.Tensor:
+    """Squared velocity errors [B, C, F, H, W] (float32) of :func:`teacher_forcing_loss`, unreduced."""
     t = per_frame(rng.timesteps("tf/t", num_chunks(x0, stream), shift), stream)
     x_t, eps = noised(x0, rng, "tf/noise", t)
     velocity = forced_velocity(model, x0, x_t, t, context, stream)
-    return F.mse_loss(velocity.float(), (eps - x0).float())
+    return (velocity.float() - (eps - x0).float()) ** 2
 
 
 # -- stage 2 ---------------------------------------------------------------------------------------

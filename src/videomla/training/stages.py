@@ -24,6 +24,7 @@ from .losses import (
     critic_loss,
     dmd_generator_loss,
     ode_grid,
+    teacher_forcing_errors,
     teacher_forcing_loss,
 )
 from .models import EMA
@@ -102,20 +103,23 @@ class Stage(abc.ABC):
 
     @property
     def heldout_metrics(self) -> tuple[str, ...]:
-        return ("heldout_loss",)
+        return ("heldout_loss", "heldout_first_chunk_loss")
 
     @torch.no_grad()
     def heldout(self, batch: Batch, rng: StepRNG) -> dict[str, torch.Tensor]:
         """Losses of the exported model on a batch of the fixed held-out bank (``rng``: its fixed draws).
 
-        ``heldout_loss`` is the stage-1 objective (teacher-forced velocity MSE) in every stage, so
-        runs of all stages read on one scale; stages add their own objective.
+        ``heldout_loss`` is the stage-1 objective (teacher-forced velocity MSE, unweighted) in every
+        stage, so runs of all stages read on one scale; ``heldout_first_chunk_loss`` is its first
+        chunk alone (drawn from the text, no past: where sampling starts and layout is decided,
+        and a small share of the mean). Stages add their own objective.
         """
         model = self.modules[self.export_name]
         shift = self.cfg.heldout.shift or self.cfg.schedule.shift
         with self.autocast():
-            loss = teacher_forcing_loss(model, batch.latents, batch.context, self.stream, rng, shift)
-        return {"heldout_loss": loss.float()}
+            errors = teacher_forcing_errors(model, batch.latents, batch.context, self.stream, rng, shift)
+        first = errors[:, :, : self.stream.frames_per_chunk]
+        return {"heldout_loss": errors.mean(), "heldout_first_chunk_loss": first.mean()}
 
     def _generator_update(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         norm = update(self.generator, self.optimizer, loss, self.cfg.optim.max_grad_norm)
@@ -142,8 +146,9 @@ class TeacherForcingStage(Stage):
             context = torch.where(drop[:, None, None], self.uncond.to(context), context)
         with self.autocast():
             loss = teacher_forcing_loss(
-                self.generator, batch.latents, context, self.stream, rng, self.cfg.schedule.shift
-            )
+                self.generator, batch.latents, context, self.stream, rng, self.cfg.schedule.shift,
+                self.cfg.loss.first_chunk_weight,
+            )  # fmt: skip
         return {"loss": loss.detach(), "grad_norm": self._generator_update(loss, step)}
 
 
@@ -163,7 +168,7 @@ class ConsistencyStage(Stage):
 
     @property
     def heldout_metrics(self) -> tuple[str, ...]:
-        return ("heldout_loss", "heldout_cd_loss")
+        return (*super().heldout_metrics, "heldout_cd_loss")
 
     @torch.no_grad()
     def heldout(self, batch: Batch, rng: StepRNG) -> dict[str, torch.Tensor]:
