@@ -27,6 +27,7 @@ from websockets.sync.client import connect
 from videomla.pipeline import Pipeline
 from videomla.serve import Scheduler
 from videomla.serve.app import create_app
+from videomla.serve.scheduler import HEADER
 from videomla.tables import render_table
 
 
@@ -36,18 +37,30 @@ def post(base: str, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
+def steady_fps(chunks: dict[int, list]) -> float | None:
+    """Frames of chunks 1.. over the time from chunk 0's first frame to the last chunk's: the rate a
+    watcher sees once the stream runs (the first chunk's latency left out); None below two chunks."""
+    order = sorted(chunks)
+    if len(order) < 2:
+        return None
+    span = chunks[order[-1]][0] - chunks[order[0]][0]
+    return sum(chunks[c][1] for c in order[1:]) / span if span > 0 else None
+
+
 def watch(port: int, opened: dict, t_open: float, result: dict) -> None:
-    frames = 0
+    frames, chunks = 0, {}  # chunk index -> [arrival of its first frame, frames]
     with connect(f"ws://127.0.0.1:{port}{opened['ws']}", open_timeout=60, max_size=2**24) as ws:
         while True:
             msg = ws.recv(timeout=600)
             if isinstance(msg, bytes):
                 frames += 1
+                now = time.perf_counter()
                 if frames == 1:
-                    result["first_frame_s"] = time.perf_counter() - t_open
+                    result["first_frame_s"] = now - t_open
+                chunks.setdefault(HEADER.unpack_from(msg)[1], [now, 0])[1] += 1
             elif json.loads(msg)["type"] == "end":
                 break
-    result["frames"], result["done_s"] = frames, time.perf_counter()
+    result["frames"], result["done_s"], result["steady_fps"] = frames, time.perf_counter(), steady_fps(chunks)
 
 
 def run_level(port: int, n: int, seconds: float, stream: str | None = None) -> dict:
@@ -67,9 +80,12 @@ def run_level(port: int, n: int, seconds: float, stream: str | None = None) -> d
     wall = max(r["done_s"] for r in results) - t0
     frames = sum(r["frames"] for r in results)
     lat = sorted(r["first_frame_s"] for r in results)
+    steady = sorted(r["steady_fps"] for r in results if r["steady_fps"] is not None)
     return {
         "streams": n, "frames": frames, "wall_s": round(wall, 3), "aggregate_fps": round(frames / wall, 2),
         "per_stream_fps": round(frames / wall / n, 2),
+        "steady_fps_per_stream": {"min": round(steady[0], 2), "median": round(steady[len(steady) // 2], 2)}
+        if steady else None,
         "first_frame_s": {"min": round(lat[0], 3), "median": round(lat[len(lat) // 2], 3), "max": round(lat[-1], 3)},
     }  # fmt: skip
 
@@ -114,10 +130,14 @@ def main() -> None:
     server.should_exit = True
     th.join(30)
     scheduler.shutdown()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # the device's copy has a stale .git: VIDEOMLA_COMMIT (the code carried) wins where it is set
+    commit = (
+        os.environ.get("VIDEOMLA_COMMIT")
+        or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    )
     report = {
         "command": "python " + " ".join(os.sys.argv),
-        "commit": commit or os.environ.get("VIDEOMLA_COMMIT", ""),
+        "commit": commit,
         "warmup_each": args.warmup_each,
         "stream": args.stream,
         "machine": {"cpu_cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
@@ -133,13 +153,14 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    header = ["streams", "aggregate FPS", "per-stream FPS", "first frame (min / median / max s)"]
+    header = ["streams", "aggregate FPS", "per-stream FPS", "steady per-stream FPS (min / median)",
+              "first frame (min / median / max s)"]  # fmt: skip
     rows = []
     for lv in levels:
-        ff = lv["first_frame_s"]
-        rows.append(
-            [lv["streams"], lv["aggregate_fps"], lv["per_stream_fps"], f"{ff['min']} / {ff['median']} / {ff['max']}"]
-        )
+        ff, st = lv["first_frame_s"], lv["steady_fps_per_stream"]
+        steady = f"{st['min']} / {st['median']}" if st else "-"
+        rows.append([lv["streams"], lv["aggregate_fps"], lv["per_stream_fps"], steady,
+                     f"{ff['min']} / {ff['median']} / {ff['max']}"])  # fmt: skip
     print(render_table(header, rows, markdown=True))
 
 
