@@ -4,6 +4,10 @@ Ad-hoc diagnostic (session of 2026-12-03, docs/reproduction.md "Teacher 8"), fro
 
     python docs/reproduction/runs/partial-noise/partial_noise.py MODEL OUT.json T_START[,T_START...] [NOISE_SEEDS]
 
+A T_START written FIRST/LATER starts the first chunk at FIRST and the later ones at LATER (FIRST 0:
+the real first chunk itself, as a given frame; 0/1000 asks whether a right first chunk is all a
+sample lacks).
+
 Each chunk of a 1x video (16 held-out prompts of world seed 777, as scripts/score_teacher.py) is
 sampled with the model's own 16 Euler steps (shift 5), but only the steps at t <= T_START: it starts
 from the real clip's chunk noised to the first of them (x = (1 - s) x0 + s eps), the cache holding
@@ -33,7 +37,7 @@ from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
 from videomla.schedule import SamplingSchedule, add_noise, even_steps, sigma_of, to_x0
 
 torch.set_num_threads(1)
-path, out, starts = sys.argv[1], Path(sys.argv[2]), [float(t) for t in sys.argv[3].split(",")]
+path, out, starts = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(",")
 seeds = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 model = load_model(path, dtype=torch.float32).eval()
 spec = resolve_spec(path)[1]
@@ -47,17 +51,22 @@ text = model.embed_text(enc.encode(prompts))
 
 
 @torch.no_grad()
-def run(t_start: float, noise_seed: int) -> torch.Tensor:
+def run(first: float, later: float, noise_seed: int) -> torch.Tensor:
     eng = StreamEngine(
         model, StreamConfig(**STREAM), LatentGeometry(48, 16, 16), batch=B,
         schedule=SamplingSchedule(even_steps(16), spec.schedule.shift, "euler"),
         options=EngineOptions(compile=False, cuda_graphs=False),
     )  # fmt: skip
     gen = torch.Generator().manual_seed(noise_seed)
-    ts = [t for t in eng.timesteps if float(t) <= t_start]
     chunks = []
     for c in range(7):
         eps = torch.randn(B, 48, 3, 16, 16, generator=gen)
+        ts = [t for t in eng.timesteps if float(t) <= (first if c == 0 else later)]
+        if not ts:  # start at 0: the real chunk, committed as it is
+            x0 = real[:, :, 3 * c : 3 * c + 3].float()
+            model.forward_chunk(x0, eng._timestep(0.0), text, eng.cache, write=True)
+            chunks.append(x0)
+            continue
         x = add_noise(real[:, :, 3 * c : 3 * c + 3], eps, sigma_of(ts[0])).float()
         for i, t in enumerate(ts):
             v = model.forward_chunk(x, eng._timestep(t), text, eng.cache)
@@ -71,13 +80,14 @@ def run(t_start: float, noise_seed: int) -> torch.Tensor:
 
 
 results = json.loads(out.read_text()) if out.exists() else {"model": path, "runs": {}}
-for t_start in starts:
+for item in starts:
+    first, _, later = item.partition("/")
     start = time.time()
     videos = []
     for seed in range(seeds):
-        v = run(t_start, seed)
+        v = run(float(first), float(later or first), seed)
         videos += [{**evaluate(v[i], p).overall, "noise_seed": seed, "prompt": p} for i, p in enumerate(prompts)]
-    name = f"from t={t_start:g}"
+    name = f"from t={item}"
     results["runs"][name] = {"mean": mean(videos), "videos": videos}
     m = results["runs"][name]["mean"]
     print(name, " ".join(f"{k} {m[k]:.3f}" for k in ("overall", "adherence", "persistence", "shape", "pass_rate")),

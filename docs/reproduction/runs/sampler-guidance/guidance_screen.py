@@ -5,9 +5,11 @@ Ad-hoc record of a screen (session of 2026-12-03), run from the repository root:
     python docs/reproduction/runs/sampler-guidance/guidance_screen.py MODEL OUT.json STEPS SPEC[,SPEC...] [NOISE_SEEDS]
 
 Each SPEC is scale:t_lo:t_hi (guidance ``scale`` where lo < t <= hi, none elsewhere; scale 1: none)
-and optionally :shift. Prompts, noise and scoring as scripts/score_teacher.py (16 held-out prompts
-of world seed 777, 1x = 21 frames, noise seeds 0..NOISE_SEEDS-1). The unconditional branch keeps its
-own cache rows (the cached frames' keys depend on the text through every layer).
+and optionally :shift (a number), :first (guidance in the first chunk only) and :steps0=N (the first
+chunk sampled with N Euler steps, the others with STEPS). Prompts, noise and scoring as
+scripts/score_teacher.py (16 held-out prompts of world seed 777, 1x = 21 frames, noise seeds
+0..NOISE_SEEDS-1). The unconditional branch keeps its own cache rows (the cached frames' keys depend
+on the text through every layer).
 """
 
 import json
@@ -44,7 +46,10 @@ cond, uncond = model.embed_text(features), model.embed_text(torch.zeros_like(fea
 
 
 @torch.no_grad()
-def run(scale: float, lo: float, hi: float, shift: float, noise_seed: int, frames: int = 21) -> torch.Tensor:
+def run(
+    scale: float, lo: float, hi: float, shift: float, noise_seed: int, first_only: bool = False,
+    steps0: int | None = None, frames: int = 21,
+) -> torch.Tensor:  # fmt: skip
     guided = scale != 1
     text = torch.cat([cond, uncond]) if guided else cond
     eng = StreamEngine(
@@ -53,14 +58,16 @@ def run(scale: float, lo: float, hi: float, shift: float, noise_seed: int, frame
         options=EngineOptions(compile=False, cuda_graphs=False),
     )  # fmt: skip
     gen = torch.Generator().manual_seed(noise_seed)
-    ts = eng.timesteps
+    first_ts = SamplingSchedule(even_steps(steps0), shift, "euler").timesteps() if steps0 else eng.timesteps
     chunks = []
-    for _ in range(frames // 3):
+    for c in range(frames // 3):
         x = torch.randn(B, 48, 3, 16, 16, generator=gen)
+        ts = first_ts if c == 0 else eng.timesteps
         for i, t in enumerate(ts):
             v = model.forward_chunk(torch.cat([x, x]) if guided else x, eng._timestep(t), text, eng.cache)
             if guided:
-                v = v[B:] + (scale if lo < float(t) <= hi else 1.0) * (v[:B] - v[B:])
+                on = lo < float(t) <= hi and (c == 0 or not first_only)
+                v = v[B:] + (scale if on else 1.0) * (v[:B] - v[B:])
             if i + 1 == len(ts):
                 x0 = to_x0(x, v, sigma_of(t))
             else:
@@ -74,11 +81,13 @@ results = json.loads(out.read_text()) if out.exists() else {"model": path, "step
 for item in specs:
     parts = item.split(":")
     scale, lo, hi = float(parts[0]), float(parts[1]), float(parts[2])
-    shift = float(parts[3]) if len(parts) > 3 else spec.schedule.shift
+    extra = parts[3:]
+    shift = next((float(p) for p in extra if p.replace(".", "", 1).isdigit()), spec.schedule.shift)
+    steps0 = next((int(p.split("=")[1]) for p in extra if p.startswith("steps0=")), None)
     start = time.time()
     videos = []
     for seed in range(seeds):
-        v = run(scale, lo, hi, shift, seed)
+        v = run(scale, lo, hi, shift, seed, "first" in extra, steps0)
         videos += [{**evaluate(v[i], p).overall, "noise_seed": seed, "prompt": p} for i, p in enumerate(prompts)]
     results["runs"][item] = {"mean": mean(videos), "videos": videos}
     m = results["runs"][item]["mean"]
