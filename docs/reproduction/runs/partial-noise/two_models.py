@@ -1,0 +1,87 @@
+"""A first chunk from one teacher, the rest of the video from another. CPU.
+
+Ad-hoc diagnostic (session of 2026-12-03, docs/reproduction.md "Teacher 9"), from the repository root:
+
+    python docs/reproduction/runs/partial-noise/two_models.py FIRST_MODEL REST_MODEL OUT.json [STEPS] [NOISE_SEEDS]
+
+The first chunk is sampled by FIRST_MODEL (its Euler steps from pure noise), committed to
+REST_MODEL's cache by REST_MODEL's own cache-writing pass, and chunks 2-7 are sampled by
+REST_MODEL; prompts, noise draws and scoring as scripts/score_teacher.py (16 held-out prompts of
+world seed 777, 1x). FIRST_MODEL = REST_MODEL is plain sampling.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "scripts"))
+from reproduce import STREAM, WORLD
+from score_teacher import PROMPT_SEED, mean
+
+from videomla.checkpoint import load_model
+from videomla.codecs import PixelCodec
+from videomla.config import StreamConfig
+from videomla.data.world import caption, clip_params_at
+from videomla.engine.engine import EngineOptions, LatentGeometry, StreamEngine
+from videomla.evaluation import evaluate
+from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
+from videomla.schedule import SamplingSchedule, even_steps, sigma_of, to_x0
+
+torch.set_num_threads(1)
+first_path, rest_path, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else 16
+seeds = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+prompts = [caption(clip_params_at(PROMPT_SEED, i)) for i in range(16)]
+B = len(prompts)
+codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
+
+
+def loaded(path: str):
+    model = load_model(path, dtype=torch.float32).eval()
+    spec = resolve_spec(path)[1]
+    enc = build_text_encoder(spec.text_encoder, model.config.text_dim, "cpu", torch.float32)
+    engine = StreamEngine(
+        model, StreamConfig(**STREAM), LatentGeometry(48, 16, 16), batch=B,
+        schedule=SamplingSchedule(even_steps(steps), spec.schedule.shift, "euler"),
+        options=EngineOptions(compile=False, cuda_graphs=False),
+    )  # fmt: skip
+    return model, model.embed_text(enc.encode(prompts)), engine
+
+
+@torch.no_grad()
+def sample_chunk(model, text, engine, x: torch.Tensor) -> torch.Tensor:
+    ts = engine.timesteps
+    for i, t in enumerate(ts):
+        v = model.forward_chunk(x, engine._timestep(t), text, engine.cache)
+        if i + 1 == len(ts):
+            return to_x0(x, v, sigma_of(t))
+        x = x + float(sigma_of(ts[i + 1]) - sigma_of(t)) * v
+
+
+@torch.no_grad()
+def run(noise_seed: int) -> torch.Tensor:
+    (fm, ft, fe), (rm, rt, re) = loaded(first_path), loaded(rest_path)
+    gen = torch.Generator().manual_seed(noise_seed)
+    chunks = []
+    for c in range(7):
+        x = torch.randn(B, 48, 3, 16, 16, generator=gen)
+        x0 = sample_chunk(fm, ft, fe, x) if c == 0 else sample_chunk(rm, rt, re, x)
+        rm.forward_chunk(x0, re._timestep(0.0), rt, re.cache, write=True)
+        chunks.append(x0)
+    return codec.decode(torch.cat(chunks, dim=2))
+
+
+start = time.time()
+videos = []
+for seed in range(seeds):
+    v = run(seed)
+    videos += [{**evaluate(v[i], p).overall, "noise_seed": seed, "prompt": p} for i, p in enumerate(prompts)]
+run = {"mean": mean(videos), "videos": videos}  # in score_teacher.py's layout: scripts/compare_scores.py reads it
+result = {"first_model": first_path, "rest_model": rest_path, "steps": steps, "runs": {"two models": run}}
+out.write_text(json.dumps(result, indent=1) + "\n")
+m = run["mean"]
+print(first_path, "->", rest_path, " ".join(f"{k} {m[k]:.3f}" for k in ("overall", "adherence", "persistence", "shape",
+      "pass_rate")), f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
