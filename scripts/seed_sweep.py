@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in records:
             cost[function_of(r["nodeid"])] += r["duration"]
         functions = sorted(f for f in cost if f in set(functions))
+        if not functions:
+            print("no seeded test ran (none matched the selection and -k together, or all skipped)", file=sys.stderr)
+            return 2
         # 2. as many seeds per function as its budget allows
         plan = {}
         for f in functions:
