@@ -248,6 +248,39 @@ def test_shutdown_closes_every_stream(tmp_path):
                     end = json.loads(msg)
         assert end == {**end, "type": "end", "reason": "the server is shutting down"}
         assert not s.scheduler.thread.is_alive() and s.scheduler.runner.scratch_bytes == 0
+        assert not s.scheduler.deliverer.is_alive()  # the delivery thread stops behind the worker
         assert s.call("POST", "/api/streams", {"prompt": "c"})[0] == 503
+    finally:
+        s.stop()
+
+
+def test_a_non_finite_chunk_ends_its_stream_with_the_reason_and_the_server_goes_on(tmp_path, monkeypatch):
+    model = tiny_model(dataclasses.replace(preset("tiny"), in_channels=12, out_channels=12))
+    pipe = Pipeline.from_checkpoint(save_model(model, tmp_path / "m", META), device="cpu", threads=1)
+    s = Server(pipe, max_streams=2)
+    real_step = s.scheduler.runner.step
+    poisoned = {"on": True}
+
+    def step(engines, texts, generators):
+        rows = real_step(engines, texts, generators)
+        return [row.fill_(float("nan")) for row in rows] if poisoned["on"] else rows
+
+    monkeypatch.setattr(s.scheduler.runner, "step", step)
+    try:
+        _, opened = s.call("POST", "/api/streams", {"prompt": "a red square", "seconds": None})
+        with s.ws(opened["id"]) as conn:
+            end, deadline = None, time.time() + 20
+            while end is None and time.time() < deadline:
+                msg = conn.recv(timeout=20)
+                if isinstance(msg, str) and json.loads(msg)["type"] == "end":
+                    end = json.loads(msg)
+                assert not isinstance(msg, bytes), "a non-finite chunk must not be delivered"
+        assert end is not None and "generation failed" in end["reason"] and "NaN/Inf" in end["reason"], end
+        assert "NaN/Inf" in s.call("GET", "/api/status")[1]["error"]
+        s.wait_idle()
+        poisoned["on"] = False
+        _, again = s.call("POST", "/api/streams", {"prompt": "a blue circle", "seconds": 0.5})
+        with s.ws(again["id"]) as conn:
+            assert len(frames_of(conn, 100)) == 4  # the next stream streams as usual
     finally:
         s.stop()

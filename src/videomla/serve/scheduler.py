@@ -5,16 +5,18 @@ history), its embedded prompt and its noise generator. Every round the worker ta
 that are ready (watched, not too far ahead of real time), applies pending prompt switches (a
 recache runs for that stream alone), groups them by cache layout
 (:func:`~videomla.engine.cohort.group_cohorts`) and runs one batched step per cohort
-(:class:`~videomla.engine.cohort.CohortRunner`); frames are decoded and JPEG-encoded on the worker
-and handed to each watcher's bounded queue (a slow client loses its oldest frames, never server
-memory). Admission control counts bytes: each stream costs its cache + history + its row of the
-scratch batch, and beyond the budget (or ``max_streams``) :meth:`Scheduler.open` raises
-:class:`ServerFull`.
+(:class:`~videomla.engine.cohort.CohortRunner`); each stream's chunk is then decoded and its frames
+JPEG-encoded on a second thread, in order, while the worker runs the next step (a bounded hand-off,
+so the worker waits rather than queue without limit), and handed to each watcher's bounded queue (a
+slow client loses its oldest frames, never server memory). Admission control counts bytes: each
+stream costs its cache + history + its row of the scratch batch, and beyond the budget (or
+``max_streams``) :meth:`Scheduler.open` raises :class:`ServerFull`.
 """
 
 from __future__ import annotations
 
 import io
+import queue
 import secrets
 import struct
 import threading
@@ -113,6 +115,10 @@ class Scheduler:
         self.lock = threading.Condition()
         self.stopping = False
         self.thread: threading.Thread | None = None
+        # decoded chunks wait here for the delivery thread: (stream, chunk, prompt version, latents);
+        # a few cohorts' worth, so decode and encoding overlap the next step but never pile up
+        self.handoff: queue.Queue = queue.Queue(maxsize=2 * max_streams)
+        self.deliverer: threading.Thread | None = None
         self.frames_total = 0
         self.recent: deque = deque()  # (time, frames) over the last few seconds, for the FPS line
         self.last_cohorts: list[int] = []
@@ -256,7 +262,9 @@ class Scheduler:
     # -- worker --------------------------------------------------------------------------------
     def start(self) -> None:
         self.thread = threading.Thread(target=self._loop, name="videomla-serve-worker", daemon=True)
+        self.deliverer = threading.Thread(target=self._delivery_loop, name="videomla-serve-delivery", daemon=True)
         self.thread.start()
+        self.deliverer.start()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Close every stream (watchers get an end message) and stop the worker after its chunk."""
@@ -267,6 +275,9 @@ class Scheduler:
             self.lock.notify_all()
         if self.thread is not None:
             self.thread.join(timeout)
+        if self.deliverer is not None:
+            self.handoff.put(None)  # after the worker's last chunk: the delivery thread stops behind it
+            self.deliverer.join(timeout)
         self.runner.release()
 
     def _close(self, stream: LiveStream, reason: str) -> None:  # holds the lock
@@ -332,9 +343,21 @@ class Scheduler:
             rows = self.runner.step([it[0].engine for it in items], [it[0].text for it in items],
                                     [it[0].generator for it in items])  # fmt: skip
             for (s, _, chunk, version), x0 in zip(items, rows):
+                self.handoff.put((s, chunk, version, x0.clone()))  # clone: the next step reuses its buffers
+
+    def _delivery_loop(self) -> None:
+        while (item := self.handoff.get()) is not None:
+            s, chunk, version, x0 = item
+            try:
                 self._deliver(s, chunk, version, x0)
+            except Exception as err:  # a failing chunk ends its stream, never the server
+                with self.lock:
+                    self.error = f"{type(err).__name__}: {err}"
+                    self._close(s, f"generation failed: {self.error}")
 
     def _deliver(self, s: LiveStream, chunk: int, version: int, x0: torch.Tensor) -> None:
+        if s.closed:
+            return  # closed while its chunk waited: nothing to decode for anyone
         s.engine.check_finite(torch.isfinite(x0).all(), chunk)
         with torch.no_grad():
             frames = to_uint8(s.decoder.decode(x0)).cpu().numpy()
