@@ -6,7 +6,9 @@ Ad-hoc record of a screen (session of 2026-12-03), run from the repository root:
 
 Each SPEC is scale:t_lo:t_hi (guidance ``scale`` where lo < t <= hi, none elsewhere; scale 1: none)
 and optionally :shift (a number), :first (guidance in the first chunk only) and :steps0=N (the first
-chunk sampled with N Euler steps, the others with STEPS). Prompts, noise and scoring as
+chunk sampled with N Euler steps, the others with STEPS) and :renoise0=T (in the first chunk, the
+steps above t = T re-noise the predicted clean chunk with fresh noise instead of an Euler step: a
+stochastic layout pick). Prompts, noise and scoring as
 scripts/score_teacher.py (16 held-out prompts of world seed 777, 1x = 21 frames, noise seeds
 0..NOISE_SEEDS-1). The unconditional branch keeps its own cache rows (the cached frames' keys depend
 on the text through every layer).
@@ -30,7 +32,7 @@ from videomla.data.world import caption, clip_params_at
 from videomla.engine.engine import EngineOptions, LatentGeometry, StreamEngine
 from videomla.evaluation import evaluate
 from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
-from videomla.schedule import SamplingSchedule, even_steps, sigma_of, to_x0
+from videomla.schedule import SamplingSchedule, add_noise, even_steps, sigma_of, to_x0
 
 torch.set_num_threads(1)
 path, out, steps, specs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
@@ -48,7 +50,7 @@ cond, uncond = model.embed_text(features), model.embed_text(torch.zeros_like(fea
 @torch.no_grad()
 def run(
     scale: float, lo: float, hi: float, shift: float, noise_seed: int, first_only: bool = False,
-    steps0: int | None = None, frames: int = 21,
+    steps0: int | None = None, renoise0: float | None = None, frames: int = 21,
 ) -> torch.Tensor:  # fmt: skip
     guided = scale != 1
     text = torch.cat([cond, uncond]) if guided else cond
@@ -70,6 +72,8 @@ def run(
                 v = v[B:] + (scale if on else 1.0) * (v[:B] - v[B:])
             if i + 1 == len(ts):
                 x0 = to_x0(x, v, sigma_of(t))
+            elif c == 0 and renoise0 is not None and float(t) > renoise0:
+                x = add_noise(to_x0(x, v, sigma_of(t)), torch.randn(x.shape, generator=gen), sigma_of(ts[i + 1]))
             else:
                 x = x + float(sigma_of(ts[i + 1]) - sigma_of(t)) * v
         model.forward_chunk(torch.cat([x0, x0]) if guided else x0, eng._timestep(0.0), text, eng.cache, write=True)
@@ -84,10 +88,11 @@ for item in specs:
     extra = parts[3:]
     shift = next((float(p) for p in extra if p.replace(".", "", 1).isdigit()), spec.schedule.shift)
     steps0 = next((int(p.split("=")[1]) for p in extra if p.startswith("steps0=")), None)
+    renoise0 = next((float(p.split("=")[1]) for p in extra if p.startswith("renoise0=")), None)
     start = time.time()
     videos = []
     for seed in range(seeds):
-        v = run(scale, lo, hi, shift, seed, "first" in extra, steps0)
+        v = run(scale, lo, hi, shift, seed, "first" in extra, steps0, renoise0)
         videos += [{**evaluate(v[i], p).overall, "noise_seed": seed, "prompt": p} for i, p in enumerate(prompts)]
     results["runs"][item] = {"mean": mean(videos), "videos": videos}
     m = results["runs"][item]["mean"]
