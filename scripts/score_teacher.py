@@ -7,7 +7,7 @@ Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them
 streamed (no guidance; text features from the checkpoint's own encoder) from noise seeds
 0..noise-1, to 1x (21 frames) and/or 6x (126 frames) (``--horizons``), with the listed step counts
 of ``--solver`` (renoise: the few-step sampler, the default; euler: the flow-matching ODE), the
-steps warped by ``--shift`` (the sampling shift; training's default is 5); real
+steps warped by ``--shift`` (the sampling shift; default: the one the checkpoint records); real
 clips of the same prompts are scored alongside as the ceiling. Writes per-video scores and means;
 prints a table. ``--figure`` also saves, for the first 6 prompts, the real clip's frames above the
 first step count's noise-0 sample.

@@ -28,7 +28,7 @@ from videomla.data.world import caption, clip_params_at
 from videomla.engine.engine import EngineOptions, LatentGeometry, StreamEngine
 from videomla.evaluation import evaluate
 from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
-from videomla.schedule import SamplingSchedule, even_steps, sigma_of, to_x0
+from videomla.schedule import SamplingSchedule, even_steps
 
 torch.set_num_threads(1)
 first_path, rest_path, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
@@ -48,29 +48,16 @@ def loaded(path: str):
         schedule=SamplingSchedule(even_steps(steps), spec.schedule.shift, "euler"),
         options=EngineOptions(compile=False, cuda_graphs=False),
     )  # fmt: skip
-    return model, model.embed_text(enc.encode(prompts)), engine
-
-
-@torch.no_grad()
-def sample_chunk(model, text, engine, x: torch.Tensor) -> torch.Tensor:
-    ts = engine.timesteps
-    for i, t in enumerate(ts):
-        v = model.forward_chunk(x, engine._timestep(t), text, engine.cache)
-        if i + 1 == len(ts):
-            return to_x0(x, v, sigma_of(t))
-        x = x + float(sigma_of(ts[i + 1]) - sigma_of(t)) * v
+    return model.embed_text(enc.encode(prompts)), engine
 
 
 @torch.no_grad()
 def run(noise_seed: int) -> torch.Tensor:
-    (fm, ft, fe), (rm, rt, re) = loaded(first_path), loaded(rest_path)
-    gen = torch.Generator().manual_seed(noise_seed)
-    chunks = []
-    for c in range(7):
-        x = torch.randn(B, 48, 3, 16, 16, generator=gen)
-        x0 = sample_chunk(fm, ft, fe, x) if c == 0 else sample_chunk(rm, rt, re, x)
-        rm.forward_chunk(x0, re._timestep(0.0), rt, re.cache, write=True)
-        chunks.append(x0)
+    (first_text, first), (rest_text, rest) = loaded(first_path), loaded(rest_path)
+    gen = torch.Generator().manual_seed(noise_seed)  # one generator: the scorer's noise draws, chunk by chunk
+    chunks = [first.step(first_text, gen)]
+    rest.prefill(chunks[0], rest_text)  # REST_MODEL's own clean pass writes the first chunk to its cache
+    chunks += [rest.step(rest_text, gen) for _ in range(6)]
     return codec.decode(torch.cat(chunks, dim=2))
 
 
@@ -79,9 +66,9 @@ videos = []
 for seed in range(seeds):
     v = run(seed)
     videos += [{**evaluate(v[i], p).overall, "noise_seed": seed, "prompt": p} for i, p in enumerate(prompts)]
-run = {"mean": mean(videos), "videos": videos}  # in score_teacher.py's layout: scripts/compare_scores.py reads it
-result = {"first_model": first_path, "rest_model": rest_path, "steps": steps, "runs": {"two models": run}}
+scored = {"mean": mean(videos), "videos": videos}  # score_teacher.py's layout: scripts/compare_scores.py reads it
+result = {"first_model": first_path, "rest_model": rest_path, "steps": steps, "runs": {"two models": scored}}
 out.write_text(json.dumps(result, indent=1) + "\n")
-m = run["mean"]
+m = scored["mean"]
 print(first_path, "->", rest_path, " ".join(f"{k} {m[k]:.3f}" for k in ("overall", "adherence", "persistence", "shape",
       "pass_rate")), f"{time.time() - start:.0f} s", flush=True)  # fmt: skip
