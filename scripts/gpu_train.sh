@@ -7,7 +7,8 @@
 # BENCH="b64-inductor ..." first times those scripts/train_throughput.py cases (10 steps each);
 # SETS="--set key=value ..." adds config overrides (e.g. where the weights to start from lie).
 # BASELINE=DIR: an older src/ the BENCH's before-* cases run on. SCORE=1: after the export, score it
-# (scripts/score_teacher.py on the device: 16 held-out prompts x 2 noise seeds, 8 and 16 Euler steps).
+# (scripts/score_teacher.py on the device: 16 held-out prompts x 2 noise seeds, by default 8 and 16 Euler
+# steps; SCORE_ARGS replaces "--steps 8 16 --horizons 1x --solver euler", e.g. for a distilled model).
 # Needs .carry/src (`git archive HEAD src | tar -x -C .carry`) and .carry/COMMIT (its hash).
 set -o pipefail
 export PYTHONPATH=.carry/src PYTHONUNBUFFERED=1 VIDEOMLA_COMMIT=$(cat .carry/COMMIT 2>/dev/null)
@@ -44,5 +45,5 @@ echo "train exit $? after $(( $(date +%s) - START )) s" | tee -a $OUT/log
 pack; PACKED=1
 if [ -n "$SCORE" ]; then
   timeout $(( LIMIT - $(date +%s) + START )) python3 scripts/score_teacher.py $OUT/model --out $OUT/scores.json \
-    --steps 8 16 --horizons 1x --solver euler --device cuda 2>&1 | tail -25 | tee -a $OUT/log
+    ${SCORE_ARGS:---steps 8 16 --horizons 1x --solver euler} --device cuda 2>&1 | tail -25 | tee -a $OUT/log
 fi
