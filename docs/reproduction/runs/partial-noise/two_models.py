@@ -55,7 +55,7 @@ def loaded(path: str):
         model, StreamConfig(**STREAM), LatentGeometry(48, 16, 16), batch=B, schedule=schedule,
         options=EngineOptions(compile=False, cuda_graphs=False),
     )  # fmt: skip
-    return model.embed_text(enc.encode(prompts)), engine
+    return model.embed_text(enc.encode(prompts).to(device)), engine
 
 
 @torch.no_grad()
