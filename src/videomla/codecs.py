@@ -140,7 +140,10 @@ class WanStreamDecoder:
     ``AutoencoderKLWan._decode`` loops over latent frames with a per-conv feature cache (the last
     two input frames of every causal conv) and clears it at the end; this keeps one such cache
     alive for the whole stream instead, so chunk-by-chunk decoding equals one full decode while
-    memory stays that of one latent frame.
+    memory stays that of one chunk. After the stream's first latent frame (decoded alone: it
+    starts the temporal upsamplers' state) a chunk's frames go through the decoder in one call:
+    every temporal op is a causal conv over the cached frames, so this equals the frame-by-frame
+    loop, with a third of the kernel launches and larger convolutions.
     """
 
     def __init__(self, codec: WanVAECodec):
@@ -161,8 +164,9 @@ class WanStreamDecoder:
             if self.codec.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last_3d)
             x = vae.post_quant_conv(z)  # 1x1x1 conv: no temporal state
-            for i in range(x.shape[2]):
-                frame = x[:, :, i : i + 1]
-                out.append(vae.decoder(frame, feat_cache=self.feat_cache, feat_idx=[0], first_chunk=self.first))
-                self.first = False
+            if self.first and x.shape[2]:
+                out.append(vae.decoder(x[:, :, :1], feat_cache=self.feat_cache, feat_idx=[0], first_chunk=True))
+                x, self.first = x[:, :, 1:], False
+            if x.shape[2]:
+                out.append(vae.decoder(x, feat_cache=self.feat_cache, feat_idx=[0]))
         return torch.cat(out, dim=2).clamp(-1, 1)
