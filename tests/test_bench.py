@@ -100,7 +100,10 @@ def test_variants_name_their_windows():
 
 
 def test_streaming_vae_decode_equals_whole_clip_decode(seed):
-    """Chunk-by-chunk decoding with the carried causal cache is exactly diffusers' whole-clip decode."""
+    """Chunk-by-chunk decoding with the carried causal cache equals diffusers' whole-clip decode.
+
+    Float32 rounding only: a chunk's frames go through each conv in one call, diffusers' loop one by one.
+    """
     config = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
     config.update(latents_mean=torch.randn(4).tolist(), latents_std=(torch.rand(4) + 0.5).tolist())
     z = torch.randn(1, 4, 7, 4, 6)
@@ -111,7 +114,7 @@ def test_streaming_vae_decode_equals_whole_clip_decode(seed):
         decoder = codec.stream_decoder()
         parts = [decoder.decode(z[:, :, s : s + 3]) for s in range(0, 7, 3)]
         assert [p.shape[2] for p in parts] == [9, 12, 4]
-        assert rel_err(torch.cat(parts, 2), whole) < 1e-6
+        assert rel_err(torch.cat(parts, 2), whole) < 1e-5
 
 
 def test_fast_kernels_match_the_reference(seed):

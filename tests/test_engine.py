@@ -53,9 +53,32 @@ def test_fast_path_equals_the_reference_path(seed, mla):
     assert rel_err(run(fast, text, 6, seed), ref) < 1e-5
 
 
+def test_bf16_matmul_probe_tells_split_from_plain_bf16(monkeypatch):
+    """The probe passes a kernel at float32 accuracy and refuses one that rounds to bf16 (AMX CPUs)."""
+    from videomla.engine import engine as engine_module
+
+    probe = engine_module.bf16_matmul_keeps_fp32_accuracy
+    assert probe() == probe()  # measured once
+    linear = torch.nn.functional.linear
+
+    def rounding(a, b, bias=None):  # what a plain-bf16 kernel computes
+        if torch.backends.mkldnn.matmul.fp32_precision == "bf16":
+            return linear(a.bfloat16(), b.bfloat16()).float()
+        return linear(a, b, bias)
+
+    probe.cache_clear()
+    monkeypatch.setattr(torch.nn.functional, "linear", rounding)
+    assert not probe()
+    probe.cache_clear()
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda a, b, bias=None: linear(a.double(), b.double()).float())
+    assert probe()  # every precision gives the float32 answer
+    probe.cache_clear()
+
+
 def test_cpu_fast_matmul_stays_at_float32_accuracy_and_restores_the_setting(seed):
-    """oneDNN's bf16-split float32 matmuls (the CPU default) stream what IEEE float32 streams, to
-    float32 accuracy (plain bf16 would be ~1e-2 off), and leave the process's setting as it was."""
+    """The CPU default (oneDNN's bf16-split float32 matmuls where the probe finds them exact, IEEE
+    elsewhere) streams what IEEE float32 streams, to float32 accuracy (plain bf16 would be ~1e-2
+    off), and leaves the process's setting as it was."""
     model = tiny_model()
     text = texts(model)
     exact = StreamEngine(model, WINDOW, GEOMETRY, options=EngineOptions(cpu_fast_matmul=False))

@@ -38,6 +38,8 @@ class VideoCodec(Protocol):
 class PixelCodec:
     """Lossless space-to-depth: an ``s x s`` pixel block of RGB becomes ``3 s^2`` channels."""
 
+    name = "pixel"
+
     def __init__(self, spatial_stride: int = 4, scale: float = 1.0, offset: float = 0.0):
         self.spatial_stride = spatial_stride
         # latents = (pixels - offset) * scale: standardises a world's pixels to ~zero mean, unit std,
@@ -75,6 +77,8 @@ class WanVAECodec:
     that normalisation. The first latent frame decodes to one video frame, every later one to
     ``temporal_stride`` frames (Wan's causal 1 + 4k layout).
     """
+
+    name = "wan-vae"
 
     def __init__(self, vae: Any, channels_last: bool | None = None):
         """``channels_last``: store the 3D conv weights NDHWC, whose bf16 cuDNN kernels are faster on

@@ -32,6 +32,7 @@ from ..parallel import TokenShard
 from ..pipeline import ChunkTiming, CodecSpec, GenerationSpec, Pipeline, TextSpec, VideoSpec, resolve_device
 from ..quant import set_compute
 from ..text import HashTextEncoder
+from ..tiny_vae import TinyWanCodec
 from .flops import ForwardShape, forward_flops
 from .measure import Clock, Memory, advance_cache, matmul_peak, median, percentile
 from .variants import Variant
@@ -71,6 +72,7 @@ class BenchSetup:
     full_stream: str | None = None  # this variant streams every chunk up to full_stream_seconds
     full_stream_seconds: float = 60.0
     vae: bool = True
+    decoder: str = "wan-vae"  # what the VAE timing decodes with: the Wan2.1 VAE, or "taehv" (the tiny decoder)
     stream_slicing: bool = True
     compile_backend: str = "inductor"  # torch.compile backend of the fused helpers
     seed: int = 0
@@ -103,7 +105,12 @@ class BenchSetup:
             "forwards_per_chunk": FORWARDS_PER_CHUNK,
             "video_fps": VIDEO_FPS,
             "clip_latent_frames": latent_frames(self.clip_seconds),
-            "vae_config": self.vae_config or "diffusers AutoencoderKLWan defaults (Wan2.1 VAE)",
+            "vae_config": self.vae_config
+            or (
+                "TAEHV's taew2_1 decoder"
+                if self.decoder == "taehv"
+                else "diffusers AutoencoderKLWan defaults (Wan2.1 VAE)"
+            ),
         }
 
     def model_config(self, attention: str) -> ModelConfig:
@@ -139,10 +146,15 @@ class Bench:
         torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: autotuned once in warm-up
         self.peak = matmul_peak(self.device)
         if setup.vae:
-            try:
-                self.codec = WanVAECodec.random(self.device, setup.dtype, **setup.vae_config)
-            except ImportError as err:  # optional extra
-                raise ValueError("VAE timing needs diffusers (pip install 'videomla[wan]'), or pass --no-vae") from err
+            if setup.decoder == "taehv":
+                self.codec = TinyWanCodec.random(self.device, setup.dtype, **setup.vae_config)
+            else:
+                try:
+                    self.codec = WanVAECodec.random(self.device, setup.dtype, **setup.vae_config)
+                except ImportError as err:  # optional extra
+                    raise ValueError(
+                        "VAE timing needs diffusers (pip install 'videomla[wan]'), or pass --no-vae"
+                    ) from err
         else:
             self.codec = None
         self.generator = torch.Generator(self.device).manual_seed(setup.seed)

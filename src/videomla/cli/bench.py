@@ -77,6 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--full-stream-seconds", type=float, default=60.0, help="(default 60)")
     p.add_argument("--no-vae", action="store_true", help="skip the Wan-VAE decode timing (no diffusers needed)")
+    p.add_argument(
+        "--decoder",
+        choices=("wan-vae", "taehv"),
+        default="wan-vae",
+        help="what the decode timing runs: the Wan2.1 VAE (default) or the tiny TAEHV decoder (random weights)",
+    )
     p.add_argument("--no-slicing", action="store_true", help="run batched self-attention/FFN over all streams at once")
     p.add_argument(
         "--compile-backend",
@@ -106,8 +112,11 @@ def setup_from_args(args: argparse.Namespace) -> BenchSetup:
         from ..config import preset
 
         z = preset(args.preset).in_channels
-        vae_config = {"base_dim": 8, "z_dim": z, "dim_mult": [1, 2, 2, 2], "latents_mean": [0.0] * z}
-        vae_config["latents_std"] = [1.0] * z
+        if args.decoder == "taehv":
+            vae_config = {"latent_channels": z, "widths": (16, 16, 8, 8)}
+        else:
+            vae_config = {"base_dim": 8, "z_dim": z, "dim_mult": [1, 2, 2, 2], "latents_mean": [0.0] * z}
+            vae_config["latents_std"] = [1.0] * z
     setup = BenchSetup(
         preset=args.preset,
         device=args.device,
@@ -123,6 +132,7 @@ def setup_from_args(args: argparse.Namespace) -> BenchSetup:
         full_stream=args.full_stream,
         full_stream_seconds=args.full_stream_seconds,
         vae=not args.no_vae,
+        decoder=args.decoder,
         stream_slicing=not args.no_slicing,
         compile_backend=args.compile_backend,
         seed=args.seed,

@@ -85,7 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_which_arg(g)
     g.add_argument("--lora", help="a LoRA file merged into the weights (LongLive's lora.pt: peft lora_A/lora_B)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (scale alpha / rank; default alpha = rank)")
-    g.add_argument("--vae", help="Wan2.1 VAE folder (diffusers AutoencoderKLWan) for Wan-scale checkpoints")
+    g.add_argument(
+        "--vae",
+        help="Wan2.1 VAE folder (diffusers AutoencoderKLWan) for Wan-scale checkpoints, or a TAEHV weight file "
+        "(taew2_1.pth / .safetensors): a tiny preview decoder, much cheaper than the VAE",
+    )
     g.add_argument(
         "--text-encoder",
         help="UMT5-XXL folder (text_encoder/ + tokenizer/) for Wan-scale checkpoints, or 'hash' for built-in "

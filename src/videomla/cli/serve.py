@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=None, help="largest cohort in one batched step")
     p.add_argument("--no-pacing", action="store_true", help="generate as fast as possible, not ~real time")
     p.add_argument("--device", default=None)
-    p.add_argument("--vae", default=None, help="Wan2.1 VAE folder (wan-vae checkpoints)")
+    p.add_argument("--vae", default=None, help="Wan2.1 VAE folder, or a TAEHV taew2_1 file (wan-vae checkpoints)")
     p.add_argument("--text-encoder", default=None, help="UMT5 folder, or hash")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: see engine/threads.py)")
     p.set_defaults(func=run)

@@ -20,6 +20,7 @@ on CPU by default and tested against the eager reference path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -65,9 +66,10 @@ class EngineOptions:
     mla_path: MLAPath = "auto"
     kv_fp8: bool = False
     # CPU float32 matmuls through oneDNN's bf16 path (torch.backends.mkldnn.matmul.fp32_precision =
-    # "bf16"): it splits each float32 operand into bf16 terms, so the error stays at float32's level
-    # (relative 4e-7 vs 2.5e-7 for IEEE on a 192x1024x256 linear; plain bf16: 3e-3) at twice the speed
-    # on CPUs with AVX512-BF16 (the README command: 39.9 -> 34.9 s on one thread). Not bitwise.
+    # "bf16"), where it keeps float32 accuracy: on CPUs with AVX512-BF16 it splits each operand into
+    # bf16 terms (relative 4e-7 vs 2.5e-7 for IEEE on a 192x1024x256 linear) at twice the speed (the
+    # README command: 39.9 -> 34.9 s on one thread); on CPUs with AMX it rounds to plain bf16 (2e-3),
+    # so :func:`bf16_matmul_keeps_fp32_accuracy` measures it once and IEEE stays where it does not.
     cpu_fast_matmul: bool = True
 
     def __post_init__(self) -> None:
@@ -101,6 +103,34 @@ def cpu_matmul_precision(precision: str) -> Iterator[None]:
         yield
     finally:
         backend.matmul.fp32_precision = before
+
+
+@functools.cache
+def bf16_matmul_keeps_fp32_accuracy() -> bool:
+    """Whether oneDNN's "bf16" float32 matmul precision stays at float32 accuracy on this CPU (measured once).
+
+    Relative error of a 192x1024x256 product against IEEE float32, below 1e-5 (a bf16-split
+    kernel: ~4e-7; plain bf16 rounding, as AMX kernels do: ~2e-3).
+    """
+    backend = torch.backends.mkldnn
+    if not (backend.is_available() and hasattr(backend, "matmul")):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(192, 1024, generator=gen), torch.randn(256, 1024, generator=gen)
+    exact = torch.nn.functional.linear(a, b)
+    with cpu_matmul_precision("bf16"):
+        fast = torch.nn.functional.linear(a, b)
+    return bool((fast - exact).norm() / exact.norm() < 1e-5)
+
+
+def cpu_fast_matmul_active(options: EngineOptions, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a stream's float32 CPU matmuls take oneDNN's bf16-split path (asked for, and exact enough here)."""
+    return (
+        options.cpu_fast_matmul
+        and device.type == "cpu"
+        and dtype == torch.float32
+        and bf16_matmul_keeps_fp32_accuracy()
+    )
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -358,7 +388,7 @@ class StreamEngine:
         stack = ExitStack()
         if self.options.compile:
             stack.enter_context(fast_kernels(self.options.compile_backend))
-        if self.options.cpu_fast_matmul and self.device.type == "cpu" and self.dtype == torch.float32:
+        if cpu_fast_matmul_active(self.options, self.device, self.dtype):
             stack.enter_context(cpu_matmul_precision("bf16"))
         return stack
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_metadata, load_model, resolve_checkpoint
 from ..codecs import PixelCodec, VideoCodec, WanVAECodec
 from ..engine import ChunkDecodeQueue, DecodedChunk, EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
+from ..engine.engine import cpu_fast_matmul_active
 from ..engine.threads import ThreadTuner, available_cores, is_tunable, set_cpu_threads
 from ..lora import merge_lora
 from ..model import CausalWanModel
@@ -37,6 +38,7 @@ from ..parallel import TokenShard
 from ..quant import FP8Linear, set_compute
 from ..schedule import even_steps
 from ..text import HashTextEncoder, TextEncoder, UMT5TextEncoder
+from ..tiny_vae import TinyWanCodec
 from ..video_io import open_writer
 from .prompts import Prompts
 from .request import GenerationRequest
@@ -98,8 +100,10 @@ def build_codec(spec: CodecSpec, device: torch.device, dtype: torch.dtype) -> Vi
     if spec.path is None:
         raise FileNotFoundError(
             "this checkpoint decodes with the Wan2.1 VAE: give its folder (--vae PATH, a diffusers "
-            "AutoencoderKLWan folder such as Wan2.1-T2V-1.3B-Diffusers/vae)"
+            "AutoencoderKLWan folder such as Wan2.1-T2V-1.3B-Diffusers/vae, or a TAEHV taew2_1 file)"
         )
+    if Path(spec.path).is_file():  # a TAEHV weight file: the tiny preview decoder
+        return TinyWanCodec.from_file(spec.path, device, dtype)
     return WanVAECodec.from_folder(spec.path, device, dtype)
 
 
@@ -443,7 +447,8 @@ class Pipeline:
                 "cuda_graphs": self.options.cuda_graphs,
                 "mla_path": self.options.mla_path,
                 "kv_fp8": self.options.kv_fp8,
-                "cpu_fast_matmul": self.options.cpu_fast_matmul and self.device.type == "cpu",
+                "cpu_fast_matmul": cpu_fast_matmul_active(self.options, self.device, self.dtype),
+                "decoder": getattr(self.codec, "name", type(self.codec).__name__),
                 "decode_overlap": self.decode_overlap and cuda,
                 "threads": torch.get_num_threads() if not cuda else None,
             },
