@@ -16,6 +16,7 @@ from videomla.checkpoint import load_model, resolve_checkpoint, save_model
 from videomla.cli import main
 from videomla.config import STREAM_PRESETS, StreamConfig, preset
 from videomla.engine import EngineOptions, LatentGeometry, NonFiniteError, StreamEngine
+from videomla.engine.engine import cpu_matmul_precision
 from videomla.engine.threads import SMALL_MODEL_PARAMS, ThreadTuner, choose_threads
 from videomla.pipeline import GenerationRequest, GenerationSpec, Pipeline, chunks_for_frames, resolve_spec
 from videomla.schedule import SamplingSchedule
@@ -53,26 +54,52 @@ def test_fast_path_equals_the_reference_path(seed, mla):
     assert rel_err(run(fast, text, 6, seed), ref) < 1e-5
 
 
-def test_bf16_matmul_probe_tells_split_from_plain_bf16(monkeypatch):
-    """The probe passes a kernel at float32 accuracy and refuses one that rounds to bf16 (AMX CPUs)."""
+@pytest.fixture
+def fresh_probe():
+    """The bf16 probe with its cached answer cleared before and after the test."""
     from videomla.engine import engine as engine_module
 
-    probe = engine_module.bf16_matmul_keeps_fp32_accuracy
-    assert probe() == probe()  # measured once
+    engine_module.bf16_matmul_keeps_fp32_accuracy.cache_clear()
+    yield engine_module.bf16_matmul_keeps_fp32_accuracy
+    engine_module.bf16_matmul_keeps_fp32_accuracy.cache_clear()
+
+
+def test_bf16_matmul_probe_tells_split_from_plain_bf16(monkeypatch, fresh_probe):
+    """The probe passes a kernel at float32 accuracy and refuses one that rounds to bf16 (AMX CPUs),
+    whatever precision the process already had set."""
     linear = torch.nn.functional.linear
 
-    def rounding(a, b, bias=None):  # what a plain-bf16 kernel computes
-        if torch.backends.mkldnn.matmul.fp32_precision == "bf16":
+    def rounding(a, b, bias=None):  # what a plain-bf16 kernel computes for float32 inputs
+        if a.dtype == torch.float32 and torch.backends.mkldnn.matmul.fp32_precision == "bf16":
             return linear(a.bfloat16(), b.bfloat16()).float()
         return linear(a, b, bias)
 
-    probe.cache_clear()
     monkeypatch.setattr(torch.nn.functional, "linear", rounding)
-    assert not probe()
-    probe.cache_clear()
-    monkeypatch.setattr(torch.nn.functional, "linear", lambda a, b, bias=None: linear(a.double(), b.double()).float())
-    assert probe()  # every precision gives the float32 answer
-    probe.cache_clear()
+    with cpu_matmul_precision("bf16"):  # a caller already in bf16 must not make the reference bf16 too
+        assert not fresh_probe()
+    fresh_probe.cache_clear()
+    exact = lambda a, b, bias=None: linear(a.double(), b.double()).to(a.dtype)  # noqa: E731
+    monkeypatch.setattr(torch.nn.functional, "linear", exact)
+    assert fresh_probe()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_engine_takes_the_bf16_path_only_where_the_probe_allows(monkeypatch, exact):
+    from videomla.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "bf16_matmul_keeps_fp32_accuracy", lambda: exact)
+    seen = []
+    model = tiny_model()
+    original = model.forward_chunk
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.mkldnn.matmul.fp32_precision)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward_chunk", recording)
+    StreamEngine(model, WINDOW, GEOMETRY).step(texts(model))
+    assert seen and set(seen) == {"bf16" if exact else torch.backends.mkldnn.matmul.fp32_precision}
+    assert engine_module.cpu_fast_matmul_active(EngineOptions(), torch.device("cpu"), torch.float32) is exact
 
 
 def test_cpu_fast_matmul_stays_at_float32_accuracy_and_restores_the_setting(seed):

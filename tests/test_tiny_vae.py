@@ -93,11 +93,15 @@ def test_loads_taehv_files(tmp_path, suffix, seed):
     assert video.shape == (1, 3, 5, 16, 24)
     with pytest.raises(NotImplementedError, match="only decodes"):
         codec.encode(video)
+    (tmp_path / "other").mkdir()
+    save_file({k: torch.randn(shape) for k, shape in TAEW2_1_DECODER.items()}, tmp_path / "other" / "taehv.safetensors")
+    with pytest.warns(UserWarning, match="not named taew2_1.*Hunyuan"):
+        TinyWanCodec.from_file(tmp_path / "other" / "taehv.safetensors")
 
 
 def test_bad_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no tiny decoder at .*taew2_1\.pth or"):
-        TinyWanCodec.from_file(tmp_path / "missing.pth")
+        TinyWanCodec.from_file(tmp_path / "taew2_1-missing.pth")
     good = {k: torch.zeros(shape) for k, shape in TAEW2_1_DECODER.items()}
     cases = {
         "extra": ({**good, "decoder.23.weight": torch.zeros(1)}, r"unknown keys \['decoder.23.weight'\]"),
@@ -106,12 +110,12 @@ def test_bad_files_are_named(tmp_path):
         "encoder-only": ({"encoder.0.weight": torch.zeros(1)}, "no 'decoder"),
     }
     for name, (state, message) in cases.items():
-        save_file(state, tmp_path / f"{name}.safetensors")
+        save_file(state, tmp_path / f"taew2_1-{name}.safetensors")
         with pytest.raises(ValueError, match=message):
-            TinyWanCodec.from_file(tmp_path / f"{name}.safetensors")
-    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+            TinyWanCodec.from_file(tmp_path / f"taew2_1-{name}.safetensors")
+    torch.save([torch.zeros(1)], tmp_path / "taew2_1-list.pth")
     with pytest.raises(ValueError, match="not a state dict"):
-        TinyWanCodec.from_file(tmp_path / "list.pth")
+        TinyWanCodec.from_file(tmp_path / "taew2_1-list.pth")
 
 
 def test_clamp_is_taehv_soft_clamp():
@@ -168,3 +172,11 @@ def test_bench_times_the_tiny_decoder(tmp_path):
     assert report["setup"]["decoder"] == "taehv"
     stream = report["variants"][0]["stream"]
     assert stream["vae_chunk_ms"] > 0 and stream["fps_with_vae"] > 0
+
+
+def test_bench_refuses_a_decoder_without_decode(capsys):
+    from videomla.cli import main
+
+    argv = ["bench", "--preset", "tiny", "--device", "cpu", "--no-vae", "--decoder", "taehv", "--quiet"]
+    assert main(argv) != 0
+    assert "--decoder taehv times a decode, but --no-vae" in capsys.readouterr().err

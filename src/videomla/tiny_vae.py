@@ -12,6 +12,7 @@ Wan-VAE's frames, not a reimplementation of it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,6 +112,12 @@ class TinyWanCodec:
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> TinyWanCodec:
         """Load a TAEHV Wan2.1 checkpoint; its encoder's tensors are ignored, anything else must fit exactly."""
+        if "taew2_1" not in Path(path).name:  # same shapes, other latent spaces: nothing in the file tells them apart
+            warnings.warn(
+                f"{Path(path).name} is not named taew2_1: TAEHV files for other models' latents (taehv.pth for "
+                "Hunyuan Video) have the same shapes and load, but decode Wan2.1 latents wrongly",
+                stacklevel=2,
+            )
         state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("encoder.")}
         decoder = tiny_decoder()
         expected = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}  # TAEHV's names

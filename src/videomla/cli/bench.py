@@ -107,6 +107,8 @@ def setup_from_args(args: argparse.Namespace) -> BenchSetup:
             raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
     if any(b < 1 for b in args.batch_sizes):
         raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
+    if args.no_vae and args.decoder != "wan-vae":
+        raise ValueError(f"--decoder {args.decoder} times a decode, but --no-vae skips the decode timing")
     vae_config = {}
     if args.preset != "wan2.1-t2v-1.3b":  # a small model gets a small VAE with matching latent channels
         from ..config import preset

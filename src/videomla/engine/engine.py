@@ -109,18 +109,23 @@ def cpu_matmul_precision(precision: str) -> Iterator[None]:
 def bf16_matmul_keeps_fp32_accuracy() -> bool:
     """Whether oneDNN's "bf16" float32 matmul precision stays at float32 accuracy on this CPU (measured once).
 
-    Relative error of a 192x1024x256 product against IEEE float32, below 1e-5 (a bf16-split
-    kernel: ~4e-7; plain bf16 rounding, as AMX kernels do: ~2e-3).
+    Relative error of products of 1, 7 and 192 rows by 1024x256 (oneDNN picks kernels by shape)
+    against float64, each below 1e-5 (a bf16-split kernel: ~4e-7; plain bf16 rounding, as AMX
+    kernels do: ~2e-3). The reference is float64, so no precision setting in force can fool it.
     """
     backend = torch.backends.mkldnn
     if not (backend.is_available() and hasattr(backend, "matmul")):
         return False
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(192, 1024, generator=gen), torch.randn(256, 1024, generator=gen)
-    exact = torch.nn.functional.linear(a, b)
-    with cpu_matmul_precision("bf16"):
-        fast = torch.nn.functional.linear(a, b)
-    return bool((fast - exact).norm() / exact.norm() < 1e-5)
+    b = torch.randn(256, 1024, generator=gen)
+    for rows in (1, 7, 192):
+        a = torch.randn(rows, 1024, generator=gen)
+        exact = torch.nn.functional.linear(a.double(), b.double())
+        with cpu_matmul_precision("bf16"):
+            fast = torch.nn.functional.linear(a, b).double()
+        if not (fast - exact).norm() / exact.norm() < 1e-5:
+            return False
+    return True
 
 
 def cpu_fast_matmul_active(options: EngineOptions, device: torch.device, dtype: torch.dtype) -> bool:
