@@ -56,6 +56,22 @@ PIXEL_META = {  # a 16x16 pixel-codec video model with the hash text encoder: lo
 }
 
 
+def record_decoded_latents(codec, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Make ``codec``'s stream decoders record every latent chunk they decode; returns that list."""
+    latents, real = [], codec.stream_decoder
+
+    class Recording:
+        def __init__(self):
+            self.inner = real()
+
+        def decode(self, x):
+            latents.append(x)
+            return self.inner.decode(x)
+
+    monkeypatch.setattr(codec, "stream_decoder", Recording)
+    return latents
+
+
 def tiny_mla_checkpoint(folder):
     """A tiny all-MLA model saved with :data:`PIXEL_META`, as ``Pipeline.from_checkpoint`` reads it."""
     import dataclasses

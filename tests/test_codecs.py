@@ -20,7 +20,7 @@ from videomla.config import preset
 from videomla.pipeline import Pipeline
 from videomla.text import HashTextEncoder, UMT5TextEncoder
 
-from conftest import tiny_model
+from conftest import record_decoded_latents, tiny_model
 
 WORDS = ["a", "red", "ball", "blue", "cube", "rolls", "on", "the", "floor", "slowly", "under", "bright", "light"]
 
@@ -183,18 +183,7 @@ def test_pipeline_with_wan_vae_and_umt5(vae_dir, umt5_dir, tmp_path, monkeypatch
     )  # no codec section: the Wan VAE default, whose folder is given here
     pipe = Pipeline.from_checkpoint(ckpt, device="cpu", vae=vae_dir, text_encoder=umt5_dir)
     assert isinstance(pipe.codec, WanVAECodec) and isinstance(pipe.text_encoder, UMT5TextEncoder)
-    latents = []
-    real = pipe.codec.stream_decoder
-
-    class Recording:
-        def __init__(self):
-            self.inner = real()
-
-        def decode(self, x):
-            latents.append(x)
-            return self.inner.decode(x)
-
-    monkeypatch.setattr(pipe.codec, "stream_decoder", Recording)
+    latents = record_decoded_latents(pipe.codec, monkeypatch)
     # 1.5 s at 16 fps = 24 frames; 3 latent frames per chunk decode to 5 frames, then 6 per chunk
     chunks = list(pipe.stream([("a red ball", 0), ("a blue cube", 0.5)], 1.5, seed=seed, recache=True))
     assert [len(c.frames) for c in chunks] == [5, 6, 6, 6, 1]

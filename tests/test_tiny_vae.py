@@ -123,14 +123,14 @@ def test_clamp_is_taehv_soft_clamp():
     torch.testing.assert_close(Clamp()(x), torch.tensor([-3.0, -0.01, 0.0, 0.01, 3.0]), rtol=1e-4, atol=1e-5)
 
 
-def test_pipeline_decodes_with_a_taehv_file(tmp_path, seed):
+def test_pipeline_decodes_with_a_taehv_file(tmp_path, monkeypatch, seed):
     """``--vae FILE``: a Wan-latent checkpoint streams through the tiny decoder, and the summary says so."""
     from videomla.checkpoint import save_model
     from videomla.config import preset
     from videomla.pipeline import Pipeline
     from videomla.video_io import to_uint8
 
-    from conftest import tiny_model
+    from conftest import record_decoded_latents, tiny_model
 
     cfg = dataclasses.replace(preset("tiny"), in_channels=16, out_channels=16)  # Wan2.1's 16 latent channels
     ckpt = save_model(
@@ -141,17 +141,7 @@ def test_pipeline_decodes_with_a_taehv_file(tmp_path, seed):
     save_file({k: torch.randn(shape) * 0.05 for k, shape in TAEW2_1_DECODER.items()}, taehv)
     pipe = Pipeline.from_checkpoint(ckpt, device="cpu", vae=taehv)
     assert isinstance(pipe.codec, TinyWanCodec)
-    latents, real = [], pipe.codec.stream_decoder
-
-    class Recording:
-        def __init__(self):
-            self.inner = real()
-
-        def decode(self, x):
-            latents.append(x)
-            return self.inner.decode(x)
-
-    pipe.codec.stream_decoder = Recording
+    latents = record_decoded_latents(pipe.codec, monkeypatch)
     chunks = list(pipe.stream([("a red ball", 0)], 1.0, seed=seed))
     assert [len(c.frames) for c in chunks] == [9, 7]  # 1 + 4k frames: 9, then 12 (16 frames asked for)
     assert pipe.summary.to_dict()["run"]["decoder"] == "taehv"

@@ -16,6 +16,11 @@ import torch
 from einops import rearrange
 
 
+def causal_frames(latent_frames: int, temporal_stride: int) -> int:
+    """Video frames of Wan's causal layout: the first latent frame decodes to 1, each later to ``temporal_stride``."""
+    return 0 if latent_frames == 0 else 1 + temporal_stride * (latent_frames - 1)
+
+
 class ChunkDecoder(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latent chunk [B, C, n, h, w] -> frames [B, 3, m, H, W] in [-1, 1]."""
@@ -135,7 +140,7 @@ class WanVAECodec:
         return WanStreamDecoder(self)
 
     def frames_for(self, latent_frames: int) -> int:
-        return 0 if latent_frames == 0 else 1 + self.temporal_stride * (latent_frames - 1)
+        return causal_frames(latent_frames, self.temporal_stride)
 
 
 class WanStreamDecoder:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .codecs import causal_frames
+
 # Decoder widths per upsampling stage and whether that stage doubles time (taew2_1: 4x in time, 8x in space).
 WIDTHS = (256, 128, 64, 64)
 TIME_UPSCALE = (False, True, True)
@@ -145,7 +147,7 @@ class TinyWanCodec:
         return TinyStreamDecoder(self)
 
     def frames_for(self, latent_frames: int) -> int:
-        return 0 if latent_frames == 0 else 1 + self.temporal_stride * (latent_frames - 1)
+        return causal_frames(latent_frames, self.temporal_stride)
 
 
 class TinyStreamDecoder:
@@ -172,7 +174,7 @@ class TinyStreamDecoder:
             for i, layer in enumerate(self.codec.decoder):
                 if isinstance(layer, MemBlock):
                     frames = x.reshape(b, t, *x.shape[1:])
-                    before = self.memory.get(i, torch.zeros_like(frames[:, :1]))
+                    before = self.memory[i] if i in self.memory else torch.zeros_like(frames[:, :1])
                     past = torch.cat([before, frames[:, :-1]], dim=1).reshape(x.shape)
                     self.memory[i] = frames[:, -1:].clone()
                     x = layer(x, past)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..codecs import causal_frames
 from ..config import STREAM_PRESETS, StreamConfig
 from ..schedule import SamplingSchedule
 from ..text import check_context
@@ -37,9 +38,9 @@ class CodecSpec:
 
     def frames_for(self, latent_frames: int) -> int:
         """Video frames decoded from the first ``latent_frames`` latent frames."""
-        if self.type == "pixel" or latent_frames == 0:
+        if self.type == "pixel":
             return latent_frames
-        return 1 + self.vae_temporal_stride * (latent_frames - 1)
+        return causal_frames(latent_frames, self.vae_temporal_stride)
 
     def with_vae_folder(self, path: str | Path) -> CodecSpec:
         """This wan-vae spec with the folder and the temporal stride its config.json declares."""
