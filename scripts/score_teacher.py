@@ -1,14 +1,17 @@
 """Score a stage-1 (teacher) model's samples with the current evaluator, on held-out prompts, on the CPU.
 
     python scripts/score_teacher.py MODEL_DIR --out FILE.json [--prompts 16] [--noise 2] [--steps 8 32]
-        [--solver euler] [--shift 5] [--figure FILE.png] [--device cuda]
+        [--solver euler] [--shift 5] [--given-chunks 1] [--figure FILE.png] [--device cuda]
 
 Prompts: captions of clips 0..N-1 of world seed 777 (no model was chosen on them). Each prompt is
 streamed (no guidance; text features from the checkpoint's own encoder) from noise seeds
-0..noise-1, to 1x (21 frames) and/or 6x (126 frames) (``--horizons``), with the listed step counts
+0..noise-1, to 1x (21 frames), 6x (126) and/or 12x (252) (``--horizons``), with the listed step counts
 of ``--solver`` (renoise: the few-step sampler, the default; euler: the flow-matching ODE), the
 steps warped by ``--shift`` (the sampling shift; default: the one the checkpoint records); real
-clips of the same prompts are scored alongside as the ceiling. Writes per-video scores and means;
+clips of the same prompts are scored alongside as the ceiling. ``--given-chunks K`` scores video
+continuation: the real clip's first K chunks are committed to the cache as given frames (and are
+the video's first K chunks), the model streams the rest. Videos are scored in parallel on the CPU
+cores. Writes per-video scores and means;
 prints a table. ``--figure`` also saves, for the first 6 prompts, the real clip's frames above the
 first step count's noise-0 sample.
 """
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -29,15 +35,16 @@ from reproduce import STREAM, WORLD
 from videomla.checkpoint import load_model
 from videomla.codecs import PixelCodec
 from videomla.config import StreamConfig
-from videomla.data.world import caption, clip_params_at, render
+from videomla.data.world import caption, clip_params_at, render, render_batch
+from videomla.engine.engine import EngineOptions, StreamEngine
 from videomla.evaluation import AGGREGATES, METRICS, evaluate
 from videomla.pipeline.pipeline import build_text_encoder, resolve_spec
-from videomla.sampler import LatentGeometry, stream_latents
+from videomla.sampler import LatentGeometry
 from videomla.schedule import DEFAULT_SHIFT, SOLVERS, SamplingSchedule, even_steps
 from videomla.tables import render_table
 
 PROMPT_SEED = 777
-HORIZONS = {"1x": 21, "6x": 126}
+HORIZONS = {"1x": 21, "6x": 126, "12x": 252}
 
 
 @torch.no_grad()
@@ -50,18 +57,51 @@ def rollout(
     frames: int,
     solver: str = "renoise",
     shift: float = DEFAULT_SHIFT,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The prompts streamed in one batch from noise seed ``noise``: videos [B, 3, T, 64, 64] on the CPU."""
+    """The prompts streamed in one batch from noise seed ``noise``: videos [B, 3, T, 64, 64] on the CPU.
+
+    ``given``: clean latents [B, 48, F, 16, 16] (whole chunks) the stream continues; they are the
+    video's first F frames.
+    """
     device = next(model.parameters()).device
     text = model.embed_text(encoder.encode(prompts).to(device))
     stream = StreamConfig(**STREAM)
     gen = torch.Generator(device).manual_seed(noise)
-    chunks = frames // stream.frames_per_chunk
     schedule = SamplingSchedule(even_steps(steps), shift, solver=solver)
-    geometry = LatentGeometry(48, 16, 16)
-    latents = stream_latents(model, text, geometry, stream, chunks, schedule, generator=gen, batch=len(prompts))
+    engine = StreamEngine(
+        model, stream, LatentGeometry(48, 16, 16), batch=len(prompts), schedule=schedule,
+        options=EngineOptions(compile=False, cuda_graphs=False),
+    )  # fmt: skip
+    latents = []
+    if given is not None:
+        engine.prefill(given, text)
+        latents.append(given.to(device))
+    done = sum(x.shape[2] for x in latents)
+    latents += [engine.step(text, gen) for _ in range((frames - done) // stream.frames_per_chunk)]
     codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
-    return codec.decode(torch.cat(list(latents), dim=2).float().cpu())
+    return codec.decode(torch.cat(latents, dim=2).float().cpu())
+
+
+def real_latents(count: int, chunks: int) -> torch.Tensor:
+    """The first ``chunks`` chunks of the real clips of prompts 0..count-1, encoded: [B, 48, F, 16, 16]."""
+    params = [clip_params_at(PROMPT_SEED, i) for i in range(count)]
+    codec = PixelCodec(WORLD["spatial_stride"], WORLD["scale"], WORLD["offset"])
+    return codec.encode(render_batch(params, chunks * StreamConfig(**STREAM).frames_per_chunk))
+
+
+def score_one(job: tuple[torch.Tensor, str]) -> dict[str, float]:
+    return evaluate(*job).overall
+
+
+def score_all(jobs: list[tuple[torch.Tensor, str]]) -> list[dict[str, float]]:
+    """Evaluator scores of (video, prompt) pairs, in parallel over the CPU cores (spawned: no CUDA state)."""
+    workers = max(1, min(len(jobs), (os.cpu_count() or 1) - 1))
+    if workers == 1:
+        return [score_one(job) for job in jobs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(pool.map(score_one, jobs, chunksize=4))
 
 
 def figure(real: list[torch.Tensor], sampled: torch.Tensor, out: Path, rows: int = 6) -> None:
@@ -89,6 +129,7 @@ def main() -> None:
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     ap.add_argument("--solver", choices=SOLVERS, default="renoise", help="the sampler (videomla.schedule)")
     ap.add_argument("--shift", type=float, help="sampling shift of the step list (default: the checkpoint's)")
+    ap.add_argument("--given-chunks", type=int, default=0, help="continue the real clip's first K chunks")
     ap.add_argument("--device", default="cpu", help="where the model runs (scores are computed on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -105,26 +146,29 @@ def main() -> None:
         "prompt_seed": PROMPT_SEED,
         "solver": args.solver,
         "shift": args.shift,
+        "given_chunks": args.given_chunks,
         "runs": {},
     }
     horizons = {h: HORIZONS[h] for h in args.horizons}
     longest = max(horizons.values())
-    real = [evaluate(render(clip_params_at(PROMPT_SEED, i), longest), p).overall for i, p in enumerate(prompts)]
+    real = score_all([(render(clip_params_at(PROMPT_SEED, i), longest), p) for i, p in enumerate(prompts)])
+    given = real_latents(len(prompts), args.given_chunks) if args.given_chunks else None
     result["runs"][f"real clips {max(horizons, key=horizons.get)}"] = {"mean": mean(real), "videos": real}
     for steps in args.steps:
         per = {h: [] for h in horizons}
         start = time.perf_counter()
         for noise in range(args.noise):
-            videos = rollout(model, encoder, prompts, steps, noise, longest, args.solver, args.shift)
+            videos = rollout(model, encoder, prompts, steps, noise, longest, args.solver, args.shift, given)
             if args.figure and noise == 0 and steps == args.steps[0]:
                 clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(min(6, len(prompts)))]
                 figure(clips, videos[:, :, : HORIZONS[args.horizons[0]]], args.figure)
             for h, frames in horizons.items():
-                for p, v in zip(prompts, videos):
-                    per[h].append({**evaluate(v[:, :frames], p).overall, "noise_seed": noise, "prompt": p})
+                scores = score_all([(v[:, :frames], p) for p, v in zip(prompts, videos)])
+                per[h] += [{**score, "noise_seed": noise, "prompt": p} for score, p in zip(scores, prompts)]
         for h in horizons:
             shift = "" if args.shift == DEFAULT_SHIFT else f" shift {args.shift:g}"
-            name = f"{steps}{' euler' if args.solver == 'euler' else ''} steps{shift} {h}"
+            cont = f" given {args.given_chunks}" if args.given_chunks else ""
+            name = f"{steps}{' euler' if args.solver == 'euler' else ''} steps{shift}{cont} {h}"
             result["runs"][name] = {"mean": mean(per[h]), "videos": per[h]}
         print(f"{steps} steps: {time.perf_counter() - start:.0f} s", flush=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -18,6 +18,7 @@ from videomla.analysis.rank import (
     energy_curve,
     product_singular_values,
     random_init_layers,
+    random_matrix_ranks,
     self_attention_layers,
     singular_values,
     summarise,
@@ -186,6 +187,47 @@ def test_random_mla_fills_its_latent_budget(seed: int) -> None:
         assert s.rank_bound == 64
         if s.operator == "kv":
             assert 57 <= effective_rank(s.values, 0.99) <= 64
+
+
+def marchenko_pastur_rank(rows: int, cols: int, tau: float) -> float:
+    """r_tau of a large i.i.d. ``rows x cols`` matrix (cols <= rows) from the Marchenko-Pastur law.
+
+    The squared singular values over rows have density sqrt((b - x)(x - a)) / (2 pi c x) on [a, b],
+    c = cols / rows, a, b = (1 -+ sqrt c)^2: r_tau / cols is the mass above the threshold where the
+    energy above it is tau (a Riemann sum on a fine grid).
+    """
+    c = cols / rows
+    a, b = (1 - math.sqrt(c)) ** 2, (1 + math.sqrt(c)) ** 2
+    x = torch.linspace(a, b, 400_001, dtype=torch.float64)[1:-1]
+    density = ((b - x) * (x - a)).sqrt() / (2 * math.pi * c * x)
+    mass = density.flip(0).cumsum(0).flip(0)
+    energy = (x * density).flip(0).cumsum(0).flip(0)
+    top = int((energy / energy[0] >= tau).nonzero().max())
+    return float(mass[top] / mass[0]) * cols
+
+
+@pytest.mark.parametrize("rows, cols", [(512, 512), (512, 256), (3072, 1536)])
+def test_random_matrix_baseline_follows_marchenko_pastur(rows: int, cols: int) -> None:
+    """The Gaussian baseline's r_tau is the Marchenko-Pastur value within 1% of the width (finite-size
+    fluctuation of one draw at these sizes: ~0.1%); it is deterministic and leaves the caller's RNG alone."""
+    state = torch.random.get_rng_state()
+    ranks = random_matrix_ranks(rows, cols)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for tau in (0.90, 0.99):
+        assert abs(ranks[f"r_{tau:.2f}"] - marchenko_pastur_rank(rows, cols, tau)) <= 0.01 * cols
+    random_matrix_ranks.cache_clear()
+    assert random_matrix_ranks(rows, cols) == ranks
+
+
+def test_random_matrix_baseline_of_a_factored_operator() -> None:
+    """A product of Gaussian factors through a width-r bottleneck has at most r directions, and its
+    spectrum is the bottleneck's (r_0.99 of 448 x 32 x 256 is 32 = r: a random MLA operator fills its
+    budget too); rows carry the baseline of their own shape."""
+    ranks = random_matrix_ranks(448, 256, 32)
+    assert ranks["r_0.99"] == 32 and ranks["r_0.90"] < 32
+    torch.manual_seed(0)
+    kv = next(s for s in weight_spectra(random_init_layers(preset("tiny"))) if s.operator == "kv")
+    assert kv.row(8)["random r_0.99"] == random_matrix_ranks(*kv.shape)["r_0.99"]
 
 
 # -- activations ---------------------------------------------------------------------------------------

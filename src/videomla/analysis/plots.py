@@ -141,7 +141,8 @@ def plot_layer_ranks(rows: list[dict], path: Path, title: str) -> None:
 def plot_over_training(points: list[dict], path: Path, xlabel: str, ticks: list[str] | None) -> None:
     """Median r_0.99 per checkpoint for each operator group (Fig. 8).
 
-    ``points``: one per (checkpoint, group) with keys x, group, median, min, max, bound.
+    ``points``: one per (checkpoint, group) with keys x, group, median, min, max, bound and random
+    (r_0.99 of a Gaussian matrix of the operator's shape, dotted).
     """
     plt = _pyplot()
     fig, (ax_frac, ax_abs) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
@@ -156,8 +157,10 @@ def plot_over_training(points: list[dict], path: Path, xlabel: str, ticks: list[
         ax_abs.fill_between(xs, [p["min"] for p in items], [p["max"] for p in items], color=line.get_color(), alpha=0.2)
         ax_frac.plot(xs, [p["median"] / p["bound"] for p in items], style, color=line.get_color(), label=group)
         ax_abs.axhline(items[-1]["bound"], color=line.get_color(), linestyle="--", linewidth=0.8)
-    ax_abs.set(xlabel=xlabel, ylabel="r_0.99 (dashed: max rank)", title="median r_0.99")
-    ax_frac.set(xlabel=xlabel, ylabel="r_0.99 / max rank", title="fraction of the rank budget used")
+        ax_abs.axhline(items[-1]["random"], color=line.get_color(), linestyle=":", linewidth=1.2)
+        ax_frac.axhline(items[-1]["random"] / items[-1]["bound"], color=line.get_color(), linestyle=":", linewidth=1.2)
+    ax_abs.set(xlabel=xlabel, ylabel="r_0.99 (dashed: max rank, dotted: random)", title="median r_0.99")
+    ax_frac.set(xlabel=xlabel, ylabel="r_0.99 / max rank (dotted: random)", title="fraction of the rank budget used")
     ax_frac.set_ylim(0, 1.05)
     for ax in (ax_abs, ax_frac):
         if ticks is not None:

@@ -21,6 +21,12 @@ Which operators (per self-attention layer):
   scaling g_j by a and column j of W_U by 1/a leaves the layer unchanged but not W_U W_DKV. A gain
   trained to zero kills a latent channel, which only the folded product sees.
 
+Every row also carries the same statistics for a random matrix of the operator's shape (i.i.d.
+Gaussian entries; for a factored operator, the product of two Gaussian factors of its factor
+shapes): the rank a matrix of that shape has when nothing in it is structured. "Not low-rank" and
+"fills its budget" mean something only next to it (a square Gaussian matrix has r_0.99 = 0.77 n,
+by the Marchenko-Pastur law).
+
 Biases are left out everywhere: they shift every token by the same vector and add at most one
 direction, which says nothing about the operator's rank.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from statistics import median
 
 import torch
@@ -41,6 +48,7 @@ TAUS: tuple[float, ...] = (0.90, 0.95, 0.99)
 SVD_DTYPE = torch.float64
 DEFAULT_RANK = 192  # the paper's d_c: energy kept at this rank when the model has no MLA layer
 _TIE = 1e-12  # E(k) within this of tau counts as reaching tau (float64 cumsum round-off)
+BASELINE_SEED = 0  # the random-matrix baseline's own generator: the same draw for every shape, every run
 _LAYER_KEY = re.compile(r"^blocks\.(\d+)\.self_attn\.(.+)$")
 
 
@@ -69,6 +77,23 @@ def product_singular_values(left: torch.Tensor, right: torch.Tensor) -> torch.Te
     r_a = torch.linalg.qr(left, mode="r").R
     r_b = torch.linalg.qr(right.T, mode="r").R
     return torch.linalg.svdvals(r_a @ r_b.T)
+
+
+@cache
+def random_matrix_ranks(rows: int, cols: int, inner: int | None = None, taus: tuple[float, ...] = TAUS) -> dict:
+    """r_tau of an i.i.d. Gaussian ``rows x cols`` matrix (or of the product of Gaussian
+    ``rows x inner`` and ``inner x cols`` factors): the unstructured baseline of that shape.
+
+    Drawn from a private generator (``BASELINE_SEED``), so the caller's RNG is untouched and every
+    layer of one shape gets the same numbers.
+    """
+    gen = torch.Generator().manual_seed(BASELINE_SEED)
+    if inner is None:
+        values = singular_values(torch.randn(rows, cols, generator=gen, dtype=SVD_DTYPE))
+    else:
+        left = torch.randn(rows, inner, generator=gen, dtype=SVD_DTYPE)
+        values = product_singular_values(left, torch.randn(inner, cols, generator=gen, dtype=SVD_DTYPE))
+    return {f"r_{tau:.2f}": effective_rank(values, tau) for tau in taus}
 
 
 def energy_curve(s: torch.Tensor) -> torch.Tensor:
@@ -122,6 +147,7 @@ class Spectrum:
         """The numbers reported for this layer (CSV row / JSON record)."""
         ranks = {f"r_{tau:.2f}": effective_rank(self.values, tau) for tau in taus}
         r99 = effective_rank(self.values, 0.99)
+        random = random_matrix_ranks(*self.shape, self.budget, taus)
         return {
             "layer": self.layer,
             "source": self.source,
@@ -135,6 +161,7 @@ class Spectrum:
             "k": k,
             "energy_at_k": energy_at(self.values, k),
             "r_0.99/bound": r99 / self.rank_bound,
+            **{f"random {name}": value for name, value in random.items()},
         }
 
 
@@ -285,6 +312,7 @@ def summarise(rows: list[dict], taus: tuple[float, ...] = TAUS) -> list[dict]:
                 "k": items[0]["k"],
                 "median energy_at_k": median([r["energy_at_k"] for r in items]),
                 "median r_0.99/bound": median([r["r_0.99/bound"] for r in items]),
+                "random r_0.99": items[0]["random r_0.99"],  # one shape per group: the same for every layer
             }
         )
     return out

@@ -259,8 +259,10 @@ class RankStudy:
         cols += [(f"median r_{t:.2f}", f"r_{t:.2f}", "g") for t in TAUS]
         cols += [("min r_0.99", "min r_0.99", "d"), ("max r_0.99", "max r_0.99", "d")]
         cols += [("median energy_at_k", energy, ".3f"), ("median r_0.99/bound", "r_0.99/max", ".3f")]
+        cols += [("random r_0.99", "random r_0.99", "d")]
         text = [
-            "median over layers; r_tau = smallest k keeping tau of sum s_i^2; max = structural rank bound",
+            "median over layers; r_tau = smallest k keeping tau of sum s_i^2; max = structural rank bound;",
+            "random = r_0.99 of an i.i.d. Gaussian matrix (factored: a product of Gaussian factors) of the same shape",
             records_table(rows, cols),
         ]
         if per_layer:
@@ -301,6 +303,7 @@ class RankStudy:
                     "min": s["min r_0.99"],
                     "max": s["max r_0.99"],
                     "bound": s["rank_bound"],
+                    "random": s["random r_0.99"],
                 }
                 for i, m in enumerate(self.models)
                 for s in m.summary
