@@ -19,7 +19,7 @@ from videomla.data.world import caption, clip_params_at, render
 from videomla.evaluation import evaluate
 from videomla.pipeline import Pipeline
 
-TEACHER = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "world-teacher-2-model"
+TEACHER = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "world-teacher-5-model"
 FRAMES = 15  # the image + 14 generated frames: 5 chunks of 3 latent frames
 
 
