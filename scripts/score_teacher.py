@@ -90,6 +90,20 @@ def real_latents(count: int, chunks: int) -> torch.Tensor:
     return codec.encode(render_batch(params, chunks * StreamConfig(**STREAM).frames_per_chunk))
 
 
+def continuation_baselines(clip: torch.Tensor, given_frames: int) -> dict[str, torch.Tensor]:
+    """What copying the given frames earns: the real clip's first ``given_frames`` frames, then the
+    last of them frozen, background-coloured Gaussian noise, or the bare background."""
+    head, rest = clip[:, :given_frames], clip[:, given_frames:]
+    gen = torch.Generator().manual_seed(0)
+    background = clip.flatten(1).mode(dim=1).values[:, None, None, None]  # the world's flat background
+    tails = {
+        "given + last given frame frozen": head[:, -1:].expand_as(rest),
+        "given + noise N(0, 0.5)": (0.5 * torch.randn(rest.shape, generator=gen)).clamp(-1, 1),
+        "given + background only": background.expand_as(rest),
+    }
+    return {name: torch.cat([head, tail], dim=1) for name, tail in tails.items()}
+
+
 def score_one(job: tuple[torch.Tensor, str]) -> dict[str, float]:
     return evaluate(*job).overall
 
@@ -124,7 +138,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--noise", type=int, default=2)
-    ap.add_argument("--steps", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--steps", type=int, nargs="*", default=[8, 32], help="step counts (none: only the real and baseline rows)")
     ap.add_argument("--figure", type=Path, help="PNG: real clips above samples (first --steps value, noise 0)")
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     ap.add_argument("--solver", choices=SOLVERS, default="renoise", help="the sampler (videomla.schedule)")
@@ -154,6 +168,13 @@ def main() -> None:
     real = score_all([(render(clip_params_at(PROMPT_SEED, i), longest), p) for i, p in enumerate(prompts)])
     given = real_latents(len(prompts), args.given_chunks) if args.given_chunks else None
     result["runs"][f"real clips {max(horizons, key=horizons.get)}"] = {"mean": mean(real), "videos": real}
+    if args.given_chunks:  # degenerate continuations, scored like the samples
+        clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(len(prompts))]
+        made = [continuation_baselines(c, given.shape[2]) for c in clips]
+        for name in made[0]:
+            for h, frames in horizons.items():
+                rows = score_all([(m[name][:, :frames], p) for m, p in zip(made, prompts)])
+                result["runs"][f"{name} {h}"] = {"mean": mean(rows), "videos": rows}
     for steps in args.steps:
         per = {h: [] for h in horizons}
         start = time.perf_counter()
