@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--noise", type=int, default=2)
-    ap.add_argument("--steps", type=int, nargs="*", default=[8, 32], help="step counts (none: real and baseline rows only)")
+    ap.add_argument("--steps", type=int, nargs="*", default=[8, 32], help="none: real, baseline rows")
     ap.add_argument("--figure", type=Path, help="PNG: real clips above samples (first --steps value, noise 0)")
     ap.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     ap.add_argument("--solver", choices=SOLVERS, default="renoise", help="the sampler (videomla.schedule)")
