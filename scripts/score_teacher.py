@@ -9,11 +9,12 @@ streamed (no guidance; text features from the checkpoint's own encoder) from noi
 of ``--solver`` (renoise: the few-step sampler, the default; euler: the flow-matching ODE), the
 steps warped by ``--shift`` (the sampling shift; default: the one the checkpoint records); real
 clips of the same prompts are scored alongside as the ceiling. ``--given-chunks K`` scores video
-continuation: the real clip's first K chunks are committed to the cache as given frames (and are
-the video's first K chunks), the model streams the rest. Videos are scored in parallel on the CPU
-cores. Writes per-video scores and means;
-prints a table. ``--figure`` also saves, for the first 6 prompts, the real clip's frames above the
-first step count's noise-0 sample.
+continuation: the real clip's first K chunks are committed to the cache as given frames, the model
+streams the rest, and only the frames it made are scored (a horizon's frames minus the given ones),
+so copying the given frames earns nothing; degenerate continuations are scored beside them. Videos
+are scored in parallel on the CPU cores. Writes per-video scores and means; prints a table.
+``--figure`` also saves, for the first 6 prompts, the real clip's frames above the first step
+count's noise-0 sample.
 """
 
 from __future__ import annotations
@@ -165,15 +166,17 @@ def main() -> None:
     }
     horizons = {h: HORIZONS[h] for h in args.horizons}
     longest = max(horizons.values())
-    real = score_all([(render(clip_params_at(PROMPT_SEED, i), longest), p) for i, p in enumerate(prompts)])
     given = real_latents(len(prompts), args.given_chunks) if args.given_chunks else None
+    skip = 0 if given is None else given.shape[2]  # pixel frames = latent frames (the world's codec)
+    result["scored_frames"] = f"from frame {skip} (the generated ones)" if skip else "all"
+    real = score_all([(render(clip_params_at(PROMPT_SEED, i), longest)[:, skip:], p) for i, p in enumerate(prompts)])
     result["runs"][f"real clips {max(horizons, key=horizons.get)}"] = {"mean": mean(real), "videos": real}
     if args.given_chunks:  # degenerate continuations, scored like the samples
         clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(len(prompts))]
         made = [continuation_baselines(c, given.shape[2]) for c in clips]
         for name in made[0]:
             for h, frames in horizons.items():
-                rows = score_all([(m[name][:, :frames], p) for m, p in zip(made, prompts)])
+                rows = score_all([(m[name][:, skip:frames], p) for m, p in zip(made, prompts)])
                 result["runs"][f"{name} {h}"] = {"mean": mean(rows), "videos": rows}
     for steps in args.steps:
         per = {h: [] for h in horizons}
@@ -184,7 +187,7 @@ def main() -> None:
                 clips = [render(clip_params_at(PROMPT_SEED, i), longest) for i in range(min(6, len(prompts)))]
                 figure(clips, videos[:, :, : HORIZONS[args.horizons[0]]], args.figure)
             for h, frames in horizons.items():
-                scores = score_all([(v[:, :frames], p) for p, v in zip(prompts, videos)])
+                scores = score_all([(v[:, skip:frames], p) for p, v in zip(prompts, videos)])
                 per[h] += [{**score, "noise_seed": noise, "prompt": p} for score, p in zip(scores, prompts)]
         for h in horizons:
             shift = "" if args.shift == DEFAULT_SHIFT else f" shift {args.shift:g}"
